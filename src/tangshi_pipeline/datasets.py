@@ -1,5 +1,7 @@
 """Project datasets: what kedro-datasets does not give us.
 
+``ModelArtifact`` is the versioned model: safetensors weights plus a JSON config, never pickle.
+
 ``ParquetTable`` saves a pandas DataFrame as parquet with an explicit Arrow schema (token ids are a
 real ``list<int32>`` column, not pickled objects) and publishes the file atomically: it is written
 under a temporary name beside the target and renamed into place, so an interrupted run never
@@ -9,6 +11,7 @@ leaves a half-written table that looks valid.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,8 +19,11 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from kedro.io import AbstractDataset, DatasetError
-from kedro_datasets._typing import TablePreview
+from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
+from kedro.io.core import VersionNotFoundError
+from kedro_datasets._typing import JSONPreview, TablePreview
+
+from tangshi_pipeline.model import Artifact, load_artifact, save_artifact
 
 _POEM = [("id", pa.string()), ("author", pa.string()), ("title", pa.string()), ("text", pa.string()),
          ("tones", pa.string())]
@@ -81,3 +87,59 @@ class ParquetTable(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             if frame[column].dtype == object:
                 frame[column] = frame[column].map(lambda v: v if isinstance(v, str) or v is None else str(list(v)))
         return TablePreview(frame.to_dict(orient="split"))
+
+
+class ModelArtifact(AbstractVersionedDataset[Artifact, Artifact]):
+    """A versioned trained model: ``<filepath>/<version>/<name>/{weights.safetensors,config.json}``.
+
+    Each version is written into a hidden temporary folder and renamed into place, so a version
+    folder exists only once it is complete. Loading uses safetensors and JSON, never pickle.
+    """
+
+    def __init__(self, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
+        super().__init__(PurePosixPath(filepath), version)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath, "version": self._version}
+
+    def load(self) -> Artifact:
+        try:
+            path = Path(self._get_load_path())
+        except VersionNotFoundError:
+            raise DatasetError(
+                f"no trained model in {self._filepath}: run `kedro run --pipeline=training` "
+                f"(or `kedro run`) first."
+            ) from None
+        if not path.is_dir():
+            raise DatasetError(
+                f"model version {path.parent.name!r} does not exist in {self._filepath}; "
+                f"available: {', '.join(self.versions()) or 'none'}."
+            )
+        return load_artifact(path)
+
+    def save(self, data: Artifact) -> None:
+        path = Path(self._get_save_path())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            save_artifact(tmp, data)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _exists(self) -> bool:
+        try:
+            return Path(self._get_load_path()).is_dir()
+        except VersionNotFoundError:
+            return False
+
+    def versions(self) -> list[str]:
+        """Saved versions, newest first."""
+        return [PurePosixPath(p).parent.name for p in self._get_versions()]
+
+    def preview(self) -> JSONPreview:
+        """The config (architecture, vocabulary fingerprint, training parameters, metrics)."""
+        path = Path(self._get_load_path()) / "config.json"
+        return JSONPreview(path.read_text(encoding="utf-8"))

@@ -1,0 +1,64 @@
+"""Helpers shared by the benchmark scripts: the machine description and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def timed_process(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd`` as a separate process; wall time and peak RSS of it and its children."""
+    import resource
+
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def write_results(name: str, results: dict, table: list[tuple[str, str]] | None = None) -> Path:
+    """benchmarks/results/<name>.json (+ .md when a table of (figure, value) rows is given)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **results}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    if table:
+        rows = "\n".join(f"| {k} | {v} |" for k, v in table)
+        m = payload["machine"]
+        (RESULTS / f"{name}.md").write_text(
+            f"# {name}\n\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}"
+            f"{', ' + m['gpu'] if 'gpu' in m else ''} — {payload['when']}\n\n| figure | value |\n|---|---|\n{rows}\n",
+            "utf-8")
+    return path

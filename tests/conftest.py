@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny corpus and a throw-away Kedro project to run pipelines in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.poems import CLASSIC_POEMS_TXT, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture
+def data_params() -> dict:
+    return yaml.safe_load((ROOT / "conf/base/parameters_data_processing.yml").read_text("utf-8"))["data_processing"]
+
+
+@pytest.fixture
+def corpus_dir(tmp_path) -> Path:
+    return write_corpus(tmp_path / "tang")
+
+
+class Project:
+    """A copy of the project's conf in a temp dir, with the tiny corpus as data/01_raw."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def run(self, pipeline_name: str | None = None, env: str | None = None,
+            params: dict | None = None, **kwargs) -> dict:
+        from kedro.framework.session import KedroSession
+
+        with KedroSession.create(project_path=self.path, env=env, runtime_params=params) as session:
+            return session.run(pipeline_names=[pipeline_name] if pipeline_name else None, **kwargs)
+
+    def catalog(self, env: str | None = None):
+        from kedro.framework.session import KedroSession
+
+        with KedroSession.create(project_path=self.path, env=env) as session:
+            return session.load_context().catalog
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Project:
+    from kedro.framework.startup import bootstrap_project
+
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf/local").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    (root / "src").mkdir()  # the package itself is installed (editable) in the venv
+    for layer in ("01_raw", "02_intermediate", "03_primary", "05_model_input", "06_models",
+                  "07_model_output", "08_reporting"):
+        (root / "data" / layer).mkdir(parents=True)
+    write_corpus(root / "data/01_raw/tang")
+    (root / "data/01_raw/poems.txt").write_text(CLASSIC_POEMS_TXT, "utf-8", newline="")
+    monkeypatch.chdir(root)
+    bootstrap_project(root)
+    return Project(root)
