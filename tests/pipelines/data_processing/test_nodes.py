@@ -1,0 +1,253 @@
+"""Unit tests of each data_processing node on tiny fixtures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tangshi_pipeline.params import ParameterError
+from tangshi_pipeline.pipelines.data_processing.nodes import (
+    CorpusFormatError,
+    build_vocab,
+    clean_poems,
+    flatten_corpus,
+    frame_poems,
+    vectorize,
+)
+from tangshi_pipeline.vocab import END_ID, PAD, START_ID, UNK, Vocab
+from tests.fixtures.poems import CLASSIC_POEMS_TXT, FILTERED, REAL, SPACED
+
+
+def partitions(poems: list[dict], per_file: int = 3, raw: dict[str, str] | None = None) -> dict:
+    """In-memory stand-in for the PartitionedDataset: partition id → load callable."""
+    parts = {}
+    for n, start in enumerate(range(0, len(poems), per_file)):
+        chunk = poems[start:start + per_file]
+        records = [{k: v for k, v in p.items() if k != "strains"} for p in chunk]
+        strains = [{"id": p["id"], "strains": p["strains"]} for p in chunk if "strains" in p]
+        parts[f"poems/poet.tang.{n * 1000}"] = lambda r=records: r
+        parts[f"strains/poet.tang.{n * 1000}"] = lambda s=strains: s
+    for key, text in (raw or {}).items():
+        parts[key] = lambda t=text: json.loads(t)
+    parts["authors.tang"] = lambda: pytest.fail("authors are not read")
+    return parts
+
+
+# ---------------------------------------------------------------------------------------- flatten
+
+def test_flatten_joins_paragraphs_and_aligns_tones(data_params):
+    poems, report = flatten_corpus(partitions(REAL), data_params)
+    assert len(poems) == len(REAL) == report["poems"]
+    row = poems.set_index("id").loc["ca2c489a-e433-4c0f-8248-77d354f0665e"]
+    assert row["text"] == "牀前看月光，疑是地上霜。舉頭望山月，低頭思故鄉。"
+    assert row["tones"] == "平平仄仄平，平仄仄仄平。仄平仄平仄，平平仄仄平。"
+    assert (poems["text"].str.len() == poems["tones"].str.len()).all()
+    assert report["with_tones"] == len(REAL) and report["tones_misaligned"] == 0
+
+
+def test_flatten_reads_partitions_in_numeric_order(data_params):
+    poems, _ = flatten_corpus(partitions(REAL, per_file=1), data_params)
+    assert poems["id"].tolist() == [p["id"] for p in REAL]  # poet.tang.10000 after poet.tang.2000
+
+
+def test_flatten_tones_missing_or_misaligned_become_null(data_params):
+    no_strains = {k: v for k, v in REAL[0].items() if k != "strains"}
+    misaligned = {**REAL[1], "strains": ["平平仄"]}
+    poems, report = flatten_corpus(partitions([no_strains, misaligned]), data_params)
+    assert poems["tones"].isna().all()
+    assert report["tones_misaligned"] == 1 and report["with_tones"] == 0
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ("{not json", "poet.tang.9000"),
+    ('[{"id": "x", "author": "a", "title": "t"}]', "'paragraphs' must be a list of strings"),
+    ('[{"id": "x", "author": "a", "title": "t", "paragraphs": ["ok", 3]}]', "'paragraphs' must be a list"),
+    ('[{"id": "x", "author": "a", "title": null, "paragraphs": []}]', "field 'title' must be a string"),
+    ('{"id": "x"}', "expected a JSON list of poems"),
+])
+def test_flatten_bad_partition_names_the_partition(data_params, bad, problem):
+    parts = partitions(REAL, raw={"poems/poet.tang.9000": bad})
+    with pytest.raises(CorpusFormatError) as err:
+        flatten_corpus(parts, data_params)
+    assert "poems/poet.tang.9000.json" in str(err.value)
+    assert problem in str(err.value)
+    assert "skip_bad_partitions" in str(err.value)
+
+
+def test_flatten_can_skip_and_count_bad_partitions(data_params):
+    parts = partitions(REAL, raw={"poems/poet.tang.9000": "{not json", "strains/poet.tang.9000": "[1]"})
+    poems, report = flatten_corpus(parts, {**data_params, "skip_bad_partitions": True})
+    assert len(poems) == len(REAL)
+    assert [s["partition"] for s in report["skipped_partitions"]] == [
+        "poems/poet.tang.9000.json", "strains/poet.tang.9000.json"]
+
+
+def test_flatten_without_any_poem_partition_is_an_error(data_params):
+    with pytest.raises(CorpusFormatError, match="no readable poem partitions"):
+        flatten_corpus({}, data_params)
+
+
+def test_flatten_classic_text(data_params):
+    poems, report = flatten_corpus(CLASSIC_POEMS_TXT, data_params)
+    assert poems["title"].tolist() == ["静夜思", "登鹳雀楼", "杂诗:其二", "春晓"]
+    assert poems["text"].iloc[2] == "君自故乡来，应知故乡事。来日绮窗前，寒梅著花未。"
+    assert poems["tones"].isna().all()
+    assert report["lines"] == 8
+    assert report["unusable_lines"]["no_separator"] == {"count": 1, "example": {"line": 4, "text": "这一行没有冒号"}}
+    assert report["unusable_lines"]["empty_content"]["example"]["line"] == 7
+    assert report["unusable_lines"]["blank_line"]["count"] == 2
+    assert poems["id"].is_unique
+
+
+def test_classic_ids_do_not_depend_on_line_numbers(data_params):
+    a, _ = flatten_corpus("甲:山高月小，水落石出。\n乙:白日依山尽，黄河入海流。", data_params)
+    b, _ = flatten_corpus("\n\n乙:白日依山尽，黄河入海流。\n甲:山高月小，水落石出。", data_params)
+    assert dict(zip(a["title"], a["id"])) == dict(zip(b["title"], b["id"]))
+
+
+# ------------------------------------------------------------------------------------------ clean
+
+def _clean(poems_list, params, **overrides):
+    poems, ingest = flatten_corpus(partitions(poems_list), params)
+    return clean_poems(poems, ingest, {**params, **overrides})
+
+
+def test_clean_converts_to_simplified_and_keeps_tones_aligned(data_params):
+    clean, report = _clean([*REAL, SPACED], data_params)
+    by_id = clean.set_index("id")
+    assert by_id.loc["63950163-6a10-4e74-af8a-09886e4ef2a8", "text"] == "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"
+    assert by_id.loc["63950163-6a10-4e74-af8a-09886e4ef2a8", "title"] == "登鹳雀楼"
+    assert by_id.loc["s-space", "text"] == "春风又绿江南岸，明月何时照我还。"
+    tones = clean.dropna(subset=["tones"])
+    assert (tones["text"].str.len() == tones["tones"].str.len()).all()
+    assert report["kept_poems"] == len(REAL) + 1 and report["dropped_poems"] == 0
+
+
+def test_clean_drops_each_reason_once_with_an_example(data_params):
+    clean, report = _clean([*REAL, *FILTERED], data_params)
+    assert len(clean) == len(REAL)
+    dropped = report["dropped"]
+    assert {k: v["count"] for k, v in dropped.items()} == {
+        "forbidden_character": 2, "too_short": 1, "too_long": 1,
+        "contains_start_or_end_token": 1, "empty": 1, "duplicate_text": 1,
+    }
+    assert dropped["forbidden_character"]["by_character"] == {"（": 1, "《": 1}
+    assert dropped["duplicate_text"]["example"]["id"] == "f-dup-text"  # the first copy is kept
+    assert dropped["too_short"]["example"]["text"] == "大虫来。"
+    assert report["input_poems"] == report["kept_poems"] + report["dropped_poems"]
+
+
+def test_clean_length_bounds_are_inclusive_and_configurable(data_params):
+    clean, _ = _clean(REAL, data_params, min_length=24, max_length=24)
+    assert set(clean["text"].str.len()) == {24}  # the five-character quatrains only
+    assert len(clean) == 5
+
+
+def test_clean_duplicate_ids_keep_the_first(data_params):
+    twin = {**REAL[1], "id": REAL[0]["id"]}
+    clean, report = _clean([REAL[0], twin], data_params)
+    assert clean["id"].tolist() == [REAL[0]["id"]]
+    assert report["dropped"]["duplicate_id"]["count"] == 1
+
+
+def test_clean_dedupe_can_be_switched_off(data_params):
+    clean, _ = _clean([REAL[1], FILTERED[-1]], data_params, dedupe=False)
+    assert len(clean) == 2
+
+
+def test_clean_everything_filtered_is_an_error(data_params):
+    with pytest.raises(ValueError, match="every one of the 6 poems was filtered out"):
+        _clean(REAL, data_params, min_length=79)
+
+
+def test_clean_rejects_bad_parameters(data_params):
+    with pytest.raises(ParameterError, match="data_processing.min_length = 0"):
+        _clean(REAL, data_params, min_length=0)
+    with pytest.raises(ParameterError, match="min_length .* greater than max_length"):
+        _clean(REAL, data_params, min_length=50, max_length=10)
+    with pytest.raises(ParameterError, match="data_processing.max_lenght"):
+        _clean(REAL, data_params, max_lenght=10)
+
+
+# ---------------------------------------------------------------------- frame, vocab, vectorize
+
+def _framed(params):
+    clean, _ = _clean([*REAL, SPACED], params)
+    return frame_poems(clean, params)
+
+
+def test_frame_adds_tokens_and_sorts_by_length(data_params):
+    framed = _framed(data_params)
+    assert framed["text"].str.startswith("G").all() and framed["text"].str.endswith("E").all()
+    assert framed["length"].tolist() == sorted(framed["length"])
+    assert framed["length"].tolist() == framed["text"].str.len().tolist()
+    assert framed["length"].iloc[-1] == 8 * 8 + 2  # 黄鹤楼: eight lines of 7 characters + punctuation
+
+
+def test_frame_uses_configured_tokens(data_params):
+    framed = _framed({**data_params, "start_token": "^", "end_token": "$"})
+    assert framed["text"].str.match(r"^\^.*\$$").all()
+
+
+def test_vocab_puts_specials_first_then_frequency(data_params):
+    vocab = Vocab.from_json(build_vocab(_framed(data_params), data_params))
+    assert vocab.tokens[:4] == (PAD, UNK, "G", "E")
+    counts = vocab.counts[4:]
+    assert list(counts) == sorted(counts, reverse=True)
+    # The commonest: one "，" and one "。" per couplet; the tie is broken by code point (。 < ，).
+    assert vocab.tokens[4:6] == ("。", "，")
+    assert vocab.counts[START_ID] == vocab.counts[END_ID] == 7
+
+
+def test_vocab_min_count_sends_rare_characters_to_unk(data_params):
+    framed = _framed(data_params)
+    full = Vocab.from_json(build_vocab(framed, data_params))
+    pruned = Vocab.from_json(build_vocab(framed, {**data_params, "min_count": 2}))
+    assert len(pruned) < len(full)
+    assert all(n >= 2 for n in pruned.counts[4:])
+    assert pruned.counts[1] == sum(n for n in full.counts[4:] if n < 2)
+
+
+def test_vocab_json_round_trip_and_fingerprint(data_params):
+    data = build_vocab(_framed(data_params), data_params)
+    vocab = Vocab.from_json(json.loads(json.dumps(data, ensure_ascii=False)))
+    assert vocab.fingerprint == data["fingerprint"]
+    with pytest.raises(ValueError, match="fingerprint"):
+        Vocab.from_json({**data, "tokens": data["tokens"][:-1] + ["龘"]})
+
+
+def test_vectorize_ids_decode_back_to_the_text(data_params):
+    framed = _framed(data_params)
+    vocab = build_vocab(framed, data_params)
+    vectors, report = vectorize(framed, vocab, data_params)
+    v = Vocab.from_json(vocab)
+    for text, ids in zip(framed["text"], vectors["ids"]):
+        assert ids.dtype == np.int32
+        assert ids[0] == START_ID and ids[-1] == END_ID
+        assert v.decode(ids) == text[1:-1]
+    assert vectors["length"].tolist() == [len(t) for t in framed["text"]]
+    assert report["unknown_tokens"] == 0
+    assert sum(report[s]["poems"] for s in ("train", "val", "test")) == len(framed)
+
+
+def test_vectorize_unknown_characters(data_params):
+    framed = pd.DataFrame({"id": ["a", "b"], "text": ["G山水E", "G山月E"], "length": [4, 4]})
+    vocab = build_vocab(framed.iloc[:1], data_params)
+    vectors, report = vectorize(framed, vocab, data_params)
+    assert vectors["ids"].iloc[1].tolist()[2] == 1 and report["unknown_tokens"] == 1
+
+
+def test_split_depends_only_on_the_poem_id(data_params):
+    ids = [f"poem-{i}" for i in range(3000)]
+    framed = pd.DataFrame({"id": ids, "text": ["G山E"] * 3000, "length": [3] * 3000})
+    vocab = build_vocab(framed, data_params)
+    full, report = vectorize(framed, vocab, data_params)
+    part, _ = vectorize(framed.iloc[::7], vocab, data_params)
+    assert dict(zip(part["id"], part["split"])) == {i: s for i, s in zip(full["id"], full["split"]) if i in set(part["id"])}
+    assert 0.92 < report["train"]["poems"] / 3000 < 0.96  # 94 % ± sampling noise
+    assert report["val"]["poems"] > 0 and report["test"]["poems"] > 0
+    salted, _ = vectorize(framed, vocab, {**data_params, "split_salt": "other"})
+    assert (salted["split"] != full["split"]).any()
