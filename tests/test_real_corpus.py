@@ -12,7 +12,11 @@ import pytest
 import yaml
 
 from tangshi_pipeline.pipelines.data_processing.nodes import (
-    build_vocab, clean_poems, flatten_corpus, frame_poems, vectorize,
+    build_vocab,
+    clean_poems,
+    flatten_corpus,
+    frame_poems,
+    vectorize,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

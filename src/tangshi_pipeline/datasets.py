@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -23,7 +23,8 @@ from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Ve
 from kedro.io.core import VersionNotFoundError
 from kedro_datasets._typing import JSONPreview, TablePreview
 
-from tangshi_pipeline.model import Artifact, load_artifact, save_artifact
+if TYPE_CHECKING:  # the model module imports torch: only ModelArtifact needs it, on first use
+    from tangshi_pipeline.model import Artifact
 
 _POEM = [("id", pa.string()), ("author", pa.string()), ("title", pa.string()), ("text", pa.string()),
          ("tones", pa.string())]
@@ -89,7 +90,7 @@ class ParquetTable(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         return TablePreview(frame.to_dict(orient="split"))
 
 
-class ModelArtifact(AbstractVersionedDataset[Artifact, Artifact]):
+class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
     """A versioned trained model: ``<filepath>/<version>/<name>/{weights.safetensors,config.json}``.
 
     Each version is written into a hidden temporary folder and renamed into place, so a version
@@ -104,6 +105,8 @@ class ModelArtifact(AbstractVersionedDataset[Artifact, Artifact]):
         return {"filepath": self._filepath, "version": self._version}
 
     def load(self) -> Artifact:
+        from tangshi_pipeline.model import load_artifact
+
         try:
             path = Path(self._get_load_path())
         except VersionNotFoundError:
@@ -119,6 +122,8 @@ class ModelArtifact(AbstractVersionedDataset[Artifact, Artifact]):
         return load_artifact(path)
 
     def save(self, data: Artifact) -> None:
+        from tangshi_pipeline.model import save_artifact
+
         path = Path(self._get_save_path())
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

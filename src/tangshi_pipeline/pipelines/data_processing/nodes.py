@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -38,11 +37,9 @@ def _summary(dropped: dict) -> str:
     return ", ".join(f"{reason}: {entry['count']}" for reason, entry in dropped.items()) or "no poems"
 
 
-def _count(log: dict, reason: str, example: dict | None | Callable[[], dict]) -> None:
-    """Count one drop under ``reason``; the first one seen is kept as the example."""
-    if reason not in log:
-        log[reason] = {"count": 0, "example": example() if callable(example) else example}
-    log[reason]["count"] += 1
+def _count(log: dict, reason: str, example: dict | None) -> None:
+    """Count one unusable line under ``reason``; the first one seen is kept as the example."""
+    log.setdefault(reason, {"count": 0, "example": example})["count"] += 1
 
 
 # --------------------------------------------------------------------------------------- flatten
@@ -77,19 +74,45 @@ def _check_strains(records: Any) -> None:
             raise CorpusFormatError(f"record {i}: expected {{'id': str, 'strains': [str, …]}}")
 
 
-def _load_partitions(partitions: dict[str, Callable[[], Any]], kind: str, check, skip_bad: bool,
-                     skipped: list[dict]) -> list[tuple[str, list]]:
-    """Load the ``kind`` ('poems' or 'strains') partitions in numeric order, validated."""
+def _poem_rows(records: Any) -> list[tuple[str, str, str, str]]:
+    """(id, author, title, text) per poem; on any malformed record, the precise problem."""
+    try:
+        rows = [(r["id"], r["author"], r["title"], r["paragraphs"]) for r in records]
+        ok = isinstance(records, list) and all(
+            type(i) is str and type(a) is str and type(t) is str and type(p) is list for i, a, t, p in rows
+        )
+        rows = [(i, a, t, "".join(p)) for i, a, t, p in rows] if ok else rows
+    except (TypeError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        _check_poems(records)  # raises CorpusFormatError naming the record and field
+    return rows
+
+
+def _strain_rows(records: Any) -> dict[str, str]:
+    """poem id → tone pattern (lines joined)."""
+    try:
+        tones = {r["id"]: "".join(r["strains"]) for r in records}
+        ok = isinstance(records, list) and all(type(r["strains"]) is list for r in records)
+    except (TypeError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        _check_strains(records)
+    return tones
+
+
+def _load_partitions(partitions: dict[str, Callable[[], Any]], kind: str, convert, skip_bad: bool,
+                     skipped: list[dict]) -> list[tuple[str, Any]]:
+    """Load and convert the ``kind`` ('poems' or 'strains') partitions in numeric order."""
     names = sorted(
         (int(m.group(2)), key) for key in partitions if (m := _PARTITION.match(key)) and m.group(1) == kind
     )
     loaded = []
     for _, key in names:
         try:
-            records = partitions[key]()
-            check(records)
+            rows = convert(partitions[key]())
         except Exception as exc:  # a broken file: JSON syntax (DatasetError) or schema
-            problem = str(exc.__cause__ or exc).splitlines()[0] if not isinstance(exc, CorpusFormatError) else str(exc)
+            problem = str(exc) if isinstance(exc, CorpusFormatError) else str(exc.__cause__ or exc).splitlines()[0]
             if not skip_bad:
                 raise CorpusFormatError(
                     f"raw corpus partition '{key}.json': {problem}. Re-fetch the corpus "
@@ -98,42 +121,39 @@ def _load_partitions(partitions: dict[str, Callable[[], Any]], kind: str, check,
                 ) from None
             skipped.append({"partition": f"{key}.json", "problem": problem})
             continue
-        loaded.append((key, records))
+        loaded.append((key, rows))
     return loaded
 
 
 def _flatten_chinese_poetry(partitions: dict[str, Callable[[], Any]], p: DataProcessingParams):
     skipped: list[dict] = []
-    poem_parts = _load_partitions(partitions, "poems", _check_poems, p.skip_bad_partitions, skipped)
-    strain_parts = _load_partitions(partitions, "strains", _check_strains, p.skip_bad_partitions, skipped)
+    poem_parts = _load_partitions(partitions, "poems", _poem_rows, p.skip_bad_partitions, skipped)
+    strain_parts = _load_partitions(partitions, "strains", _strain_rows, p.skip_bad_partitions, skipped)
     if not poem_parts:
         raise CorpusFormatError(
             "raw corpus has no readable poem partitions (poems/poet.tang.<N>.json): run `make data` "
             "or check the raw_corpus path in conf/base/catalog.yml."
         )
-    tones = {item["id"]: "".join(item["strains"]) for _, records in strain_parts for item in records}
-    rows = {"id": [], "author": [], "title": [], "text": [], "tones": [], "source": []}
+    tones = {pid: tone for _, part in strain_parts for pid, tone in part.items()}
+    ids, authors, titles, texts, sources = [], [], [], [], []
+    for key, rows in poem_parts:
+        for pid, author, title, text in rows:
+            ids.append(pid), authors.append(author), titles.append(title), texts.append(text)
+        sources.extend([key] * len(rows))
+    aligned = [tones.get(pid) for pid in ids]
     misaligned = 0
-    for key, records in poem_parts:
-        for poem in records:
-            text = "".join(poem["paragraphs"])
-            tone = tones.get(poem["id"])
-            if tone is not None and len(tone) != len(text):
-                tone, misaligned = None, misaligned + 1
-            rows["id"].append(poem["id"])
-            rows["author"].append(poem["author"])
-            rows["title"].append(poem["title"])
-            rows["text"].append(text)
-            rows["tones"].append(tone)
-            rows["source"].append(key)
-    poems = pd.DataFrame(rows)
+    for i, (text, tone) in enumerate(zip(texts, aligned)):
+        if tone is not None and len(tone) != len(text):
+            aligned[i], misaligned = None, misaligned + 1
+    poems = pd.DataFrame({"id": ids, "author": authors, "title": titles, "text": texts,
+                          "tones": aligned, "source": sources})
     report = {
         "source": "chinese-poetry",
         "poem_partitions": len(poem_parts),
         "strains_partitions": len(strain_parts),
         "skipped_partitions": skipped,
         "poems": len(poems),
-        "with_tones": int(poems["tones"].notna().sum()),
+        "with_tones": len(poems) - int(poems["tones"].isna().sum()),
         "tones_misaligned": misaligned,
     }
     return poems, report
@@ -202,76 +222,83 @@ def _convert(converter: opencc.OpenCC, texts: list[str]) -> list[str]:
     return out
 
 
+DROP_REASONS = ("duplicate_id", "empty", "forbidden_character", "contains_start_or_end_token",
+                "too_short", "too_long", "duplicate_text")  # checked in this order
+
+
 def clean_poems(poems: pd.DataFrame, ingest_report: dict, params: dict) -> tuple[pd.DataFrame, dict]:
-    """Traditional → Simplified, whitespace removed, classic filters, duplicates dropped."""
+    """Traditional → Simplified, whitespace removed, classic filters, duplicates dropped.
+
+    Each dropped poem is counted under the first reason of ``DROP_REASONS`` that applies, and the
+    first poem dropped for each reason is kept as its example.
+    """
     p = parse(DataProcessingParams, "data_processing", params)
     try:
         converter = opencc.OpenCC(p.opencc_config)
     except Exception as exc:
         raise ValueError(f"data_processing.opencc_config = {p.opencc_config!r}: OpenCC cannot load it ({exc})") from None
+
+    stripped = [_strip_whitespace(t, g) for t, g in zip(poems["text"].tolist(), poems["tones"].tolist())]
+    text = pd.Series(_convert(converter, [t for t, _ in stripped]), dtype="string")
+    tones = pd.Series([g for _, g in stripped], dtype="string")
+    titles = _convert(converter, [_WHITESPACE.sub(" ", t).strip() for t in poems["title"].tolist()])
+    authors = _convert(converter, poems["author"].tolist())
+    length = text.str.len().to_numpy()
+    tones_lost = tones.notna() & (tones.str.len() != text.str.len())
+    tones = tones.mask(tones_lost)
+
+    def contains(chars) -> np.ndarray:
+        return text.str.contains("|".join(re.escape(c) for c in chars), regex=True).to_numpy(dtype=bool)
+
+    conditions = [
+        poems["id"].duplicated().to_numpy(),
+        length == 0,
+        contains(p.drop_if_contains),
+        contains([p.start_token, p.end_token]),
+        length < p.min_length,
+        length > p.max_length,
+    ]
+    reason = np.select(conditions, DROP_REASONS[:-1], default="")
+    if p.dedupe:
+        survivors = text[reason == ""]
+        reason[survivors.index[survivors.duplicated(keep="first").to_numpy()]] = "duplicate_text"
+
     dropped: dict[str, dict] = {}
-    by_character: Counter = Counter()
-
-    seen_ids: set[str] = set()
-    ids, authors, titles, texts, tones = [], [], [], [], []
-    columns = (poems[c].tolist() for c in ("id", "author", "title", "text", "tones"))
-    for pid, author, title, text, tone in zip(*columns):
-        if pid in seen_ids:
-            _count(dropped, "duplicate_id", lambda: _example(pid, title, text))
-            continue
-        seen_ids.add(pid)
-        text, tone = _strip_whitespace(text, tone)
-        ids.append(pid), authors.append(author), titles.append(_WHITESPACE.sub(" ", title).strip())
-        texts.append(text), tones.append(tone)
-
-    simplified = _convert(converter, texts)
-    titles = _convert(converter, titles)
-    authors = _convert(converter, authors)
-    forbidden = p.drop_if_contains
-    specials = (p.start_token, p.end_token)
-    seen_texts: set[str] = set()
-    keep = {"id": [], "author": [], "title": [], "text": [], "tones": []}
-    converted_length_changed = 0
-    for pid, author, title, text, tone in zip(ids, authors, titles, simplified, tones):
-        example = lambda: _example(pid, title, text)  # noqa: E731 -- built only when first needed
-        if tone is not None and len(tone) != len(text):
-            tone, converted_length_changed = None, converted_length_changed + 1
-        if not text:
-            _count(dropped, "empty", example)
-        elif hits := [c for c in forbidden if c in text]:
-            _count(dropped, "forbidden_character", example)
-            by_character.update(hits)
-        elif any(s in text for s in specials):
-            _count(dropped, "contains_start_or_end_token", example)
-        elif len(text) < p.min_length:
-            _count(dropped, "too_short", example)
-        elif len(text) > p.max_length:
-            _count(dropped, "too_long", example)
-        elif p.dedupe and text in seen_texts:
-            _count(dropped, "duplicate_text", example)
-        else:
-            seen_texts.add(text)
-            for column, value in zip(keep, (pid, author, title, text, tone)):
-                keep[column].append(value)
+    for name in DROP_REASONS:
+        where = np.flatnonzero(reason == name)
+        if len(where):
+            i = where[0]
+            dropped[name] = {"count": len(where), "example": _example(poems["id"].iat[i], titles[i], text.iat[i])}
     if "forbidden_character" in dropped:
-        dropped["forbidden_character"]["by_character"] = dict(by_character.most_common())
+        bad = text[reason == "forbidden_character"]
+        counts = {c: int(bad.str.contains(c, regex=False).sum()) for c in p.drop_if_contains}
+        dropped["forbidden_character"]["by_character"] = dict(
+            sorted(((c, n) for c, n in counts.items() if n), key=lambda kv: -kv[1]))
 
-    clean = pd.DataFrame(keep)
+    keep = reason == ""
+    clean = pd.DataFrame({
+        "id": poems["id"].to_numpy()[keep],
+        "author": np.asarray(authors, dtype=object)[keep],
+        "title": np.asarray(titles, dtype=object)[keep],
+        "text": text[keep].to_numpy(dtype=object),
+        "tones": tones[keep].to_numpy(dtype=object, na_value=None),
+    })
     if clean.empty:
         raise ValueError(
             f"every one of the {len(poems)} poems was filtered out ({_summary(dropped)}); "
             "check data_processing.min_length / max_length / drop_if_contains and the input file."
         )
+    kept_text = "".join(clean["text"].tolist())
     report = {
         "ingest": ingest_report,
         "input_poems": len(poems),
         "kept_poems": len(clean),
         "dropped_poems": len(poems) - len(clean),
         "dropped": dropped,
-        "characters": sum(map(len, keep["text"])),
-        "distinct_characters": len(set("".join(keep["text"]))),
+        "characters": len(kept_text),
+        "distinct_characters": len(set(kept_text)),
         "with_tones": int(clean["tones"].notna().sum()),
-        "tones_lost_in_conversion": converted_length_changed,
+        "tones_lost_in_conversion": int(tones_lost.sum()),
         "settings": p.model_dump(include={"opencc_config", "drop_if_contains", "min_length", "max_length", "dedupe"}),
     }
     return clean, report
