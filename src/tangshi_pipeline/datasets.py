@@ -1,5 +1,6 @@
 """Project datasets: what kedro-datasets does not give us.
 
+``AtomicJSONDataset`` is kedro-datasets' JSONDataset with the same atomic publication.
 ``ModelArtifact`` is the versioned model: safetensors weights plus a JSON config, never pickle.
 
 ``ParquetTable`` saves a pandas DataFrame as parquet with an explicit Arrow schema (token ids are a
@@ -10,6 +11,7 @@ leaves a half-written table that looks valid.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +24,7 @@ import pyarrow.parquet as pq
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 from kedro.io.core import VersionNotFoundError
 from kedro_datasets._typing import JSONPreview, TablePreview
+from kedro_datasets.json import JSONDataset
 
 if TYPE_CHECKING:  # the model module imports torch: only ModelArtifact needs it, on first use
     from tangshi_pipeline.model import Artifact
@@ -86,8 +89,20 @@ class ParquetTable(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         frame = pq.ParquetFile(self._filepath).read_row_group(0).slice(0, nrows).to_pandas()
         for column in frame.columns:
             if frame[column].dtype == object:
-                frame[column] = frame[column].map(lambda v: v if isinstance(v, str) or v is None else str(list(v)))
+                frame[column] = frame[column].map(lambda v: v if isinstance(v, str) or v is None else str(v.tolist()))
         return TablePreview(frame.to_dict(orient="split"))
+
+
+class AtomicJSONDataset(JSONDataset):
+    """kedro-datasets' JSONDataset (versioning, preview) whose saves are atomic on local disk."""
+
+    def save(self, data: Any) -> None:
+        if self._protocol != "file":
+            return super().save(data)
+        path = Path(self._get_save_path())
+        text = json.dumps(data, **self._save_args)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        self._invalidate_cache()
 
 
 class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):

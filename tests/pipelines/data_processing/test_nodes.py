@@ -251,3 +251,16 @@ def test_split_depends_only_on_the_poem_id(data_params):
     assert report["val"]["poems"] > 0 and report["test"]["poems"] > 0
     salted, _ = vectorize(framed, vocab, {**data_params, "split_salt": "other"})
     assert (salted["split"] != full["split"]).any()
+
+
+def test_flatten_classic_bytes_with_bom(data_params):
+    poems, _ = flatten_corpus(CLASSIC_POEMS_TXT.lstrip("\ufeff").encode("utf-8-sig"), data_params)
+    assert poems["title"].iloc[0] == "静夜思"
+
+
+def test_flatten_classic_not_utf8_names_the_byte_offset(data_params):
+    data = "静夜思:床前明月光。\n春晓:".encode() + "春眠不觉晓。".encode("gbk")
+    with pytest.raises(CorpusFormatError) as err:
+        flatten_corpus(data, data_params)
+    offset = len("静夜思:床前明月光。\n春晓:".encode())
+    assert f"offset {offset} (line 2)" in str(err.value) and "not UTF-8" in str(err.value)

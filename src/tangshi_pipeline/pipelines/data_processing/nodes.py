@@ -159,6 +159,17 @@ def _flatten_chinese_poetry(partitions: dict[str, Callable[[], Any]], p: DataPro
     return poems, report
 
 
+def _decode_classic(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CorpusFormatError(
+            f"poems.txt is not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line}) "
+            f"cannot be decoded. Convert the file to UTF-8 (e.g. `iconv -f GB18030 -t UTF-8`)."
+        ) from None
+
+
 def _flatten_classic(text: str):
     rows = {"id": [], "author": [], "title": [], "text": [], "tones": [], "source": []}
     unusable: dict[str, dict] = {}
@@ -187,14 +198,16 @@ def _flatten_classic(text: str):
     return poems, report
 
 
-def flatten_corpus(raw_corpus: dict[str, Callable[[], Any]] | str, params: dict) -> tuple[pd.DataFrame, dict]:
+def flatten_corpus(raw_corpus: dict[str, Callable[[], Any]] | bytes | str, params: dict) -> tuple[pd.DataFrame, dict]:
     """Raw corpus → one row per poem (id, author, title, text, tones, source) and an ingest report.
 
     ``raw_corpus`` is either the chinese-poetry partitions (``poems/poet.tang.<N>`` and
-    ``strains/poet.tang.<N>``, aligned by poem id) or, in the ``classic`` environment, the text of a
-    ``title:content`` poems.txt.
+    ``strains/poet.tang.<N>``, aligned by poem id) or, in the ``classic`` environment, the bytes
+    (UTF-8, BOM allowed) of a ``title:content`` poems.txt.
     """
     p = parse(DataProcessingParams, "data_processing", params)
+    if isinstance(raw_corpus, bytes):
+        raw_corpus = _decode_classic(raw_corpus)
     if isinstance(raw_corpus, str):
         return _flatten_classic(raw_corpus)
     return _flatten_chinese_poetry(raw_corpus, p)
