@@ -25,6 +25,20 @@ def corpus_dir(tmp_path) -> Path:
     return write_corpus(tmp_path / "tang")
 
 
+def nest(params: dict | None) -> dict | None:
+    """{"a.b": 1} → {"a": {"b": 1}}, as `kedro run --params=a.b=1` does."""
+    if params is None:
+        return None
+    nested: dict = {}
+    for key, value in params.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
 class Project:
     """A copy of the project's conf in a temp dir, with the tiny corpus as data/01_raw."""
 
@@ -33,9 +47,10 @@ class Project:
 
     def run(self, pipeline_name: str | None = None, env: str | None = None,
             params: dict | None = None, **kwargs) -> dict:
+        """Run a pipeline through a KedroSession; ``params`` may use dotted keys like --params."""
         from kedro.framework.session import KedroSession
 
-        with KedroSession.create(project_path=self.path, env=env, runtime_params=params) as session:
+        with KedroSession.create(project_path=self.path, env=env, runtime_params=nest(params)) as session:
             return session.run(pipeline_names=[pipeline_name] if pipeline_name else None, **kwargs)
 
     def catalog(self, env: str | None = None):

@@ -1,5 +1,8 @@
 """Typed parameters, one model per pipeline, validated before any node runs.
 
+The values (defaults included) live in ``conf/base/parameters_<pipeline>.yml`` and nowhere else:
+these models only say what a valid value is.
+
 ``SCHEMAS`` maps each top-level key of ``conf/*/parameters_<pipeline>.yml`` to its model. The
 project hook validates every section present in the run's parameters when the pipeline starts,
 and nodes call :func:`parse` to get the typed object. A bad value fails with one message naming
@@ -21,9 +24,9 @@ class Params(BaseModel):
 
 
 class SplitParams(Params):
-    train: float = Field(0.94, gt=0, lt=1)
-    val: float = Field(0.03, ge=0, lt=1)
-    test: float = Field(0.03, ge=0, lt=1)
+    train: float = Field(gt=0, le=1)
+    val: float = Field(ge=0, lt=1)
+    test: float = Field(ge=0, lt=1)
 
     @model_validator(mode="after")
     def _sums_to_one(self):
@@ -33,17 +36,17 @@ class SplitParams(Params):
 
 
 class DataProcessingParams(Params):
-    skip_bad_partitions: bool = False
-    opencc_config: str = "t2s"
-    drop_if_contains: list[Annotated[str, Field(min_length=1)]] = ["_", "(", "（", "《", "["]
-    min_length: int = Field(5, ge=1)
-    max_length: int = Field(80, ge=1)
-    dedupe: bool = True
-    start_token: Char = "G"
-    end_token: Char = "E"
-    min_count: int = Field(1, ge=1)
-    split: SplitParams = SplitParams()
-    split_salt: str = "tangshi"
+    skip_bad_partitions: bool
+    opencc_config: str
+    drop_if_contains: list[Annotated[str, Field(min_length=1)]]
+    min_length: int = Field(ge=1)
+    max_length: int = Field(ge=1)
+    dedupe: bool
+    start_token: Char
+    end_token: Char
+    min_count: int = Field(ge=1)
+    split: SplitParams
+    split_salt: str
 
     @model_validator(mode="after")
     def _consistent(self):
