@@ -490,7 +490,7 @@ def _load_path(dataset: Any) -> Path | None:
 
 def _latest_version(dataset: Any) -> str | None:
     try:
-        versions = dataset.list_versions()
+        versions = dataset.list_versions(full_path=False)
     except Exception:
         return None
     return versions[0] if versions else None
@@ -644,7 +644,8 @@ class CachedRunner(SequentialRunner):
             if _is_param(name):
                 continue
             dataset = self._dataset(name)
-            parts["datasets"][name] = {"type": self._code.digest(type(dataset)), "describe": _describe(dataset)}
+            parts["datasets"][name] = {"type": self._code.digest(type(dataset)),
+                                       "describe": None if _is_memory(dataset) else _describe(dataset)}
         return digest_json(parts)
 
     def _input_digest(self, name: str) -> str | None:

@@ -65,7 +65,7 @@ def model_versions(catalog, dataset_name: str = "model") -> list[dict[str, Any]]
     if not hasattr(dataset, "list_versions") or not getattr(dataset, "_version", None):
         raise click.ClickException(f"dataset {dataset_name!r} is not versioned (set `versioned: true`)")
     rows = []
-    for version in dataset.list_versions():
+    for version in dataset.list_versions(full_path=False):
         folder = Path(str(dataset._get_versioned_path(version)))
         try:
             config = json.loads((folder / "config.json").read_text("utf-8"))
