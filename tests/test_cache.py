@@ -123,7 +123,7 @@ def test_force_switches(project, monkeypatch):
     assert run(project.path, "data_processing") == (DP, [])
     monkeypatch.delenv(FORCE_ENV)
     assert run(project.path, "data_processing") == ([], DP)
-    result = CliRunner().invoke(cli, ["run", "--pipeline=data_processing", "--nodes=frame", "--force"])
+    result = CliRunner().invoke(cli, ["run", "--pipelines=data_processing", "--nodes=frame", "--force"])
     assert result.exit_code == 0, result.output
     record = json.loads(next((project.path / "data/.cache/nodes").glob("frame-*.json")).read_text())
     flatten = json.loads(next((project.path / "data/.cache/nodes").glob("flatten-*.json")).read_text())
