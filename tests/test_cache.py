@@ -324,3 +324,45 @@ def test_models_command_lists_versions_with_metrics(project):
     assert rows[0]["metrics"] == {"val": {"perplexity": 120.25}}
     table = CliRunner().invoke(cli, ["models"])
     assert table.exit_code == 0 and "val.perplexity" in table.output and "120.2" in table.output
+
+
+# ------------------------------------------------------------------------ units
+
+
+def test_parameter_tracker_records_field_reads_and_whole_object_access():
+    from kedro.pipeline import node
+
+    from tangshi_pipeline.cache import ALL, ParamTracker
+    from tangshi_pipeline.params import SCHEMAS, DataProcessingParams, parse
+
+    tracker = ParamTracker(SCHEMAS)
+    n = node(lambda p: p, "params:data_processing", "out", name="n")
+    given = tracker.before_node_run(n, {"params:data_processing": {"min_length": 3}})["params:data_processing"]
+    p = parse(DataProcessingParams, "data_processing", given)
+    assert p is given and p.min_length == 3 and p["split_salt"] == "tangshi" and p.get("nope", 1) == 1
+    assert tracker.reads["n"]["params:data_processing"] == {"min_length", "split_salt"}
+    p.model_dump(include={"dedupe"})
+    assert tracker.reads["n"]["params:data_processing"] == {"min_length", "split_salt", "dedupe"}
+    repr(p)
+    assert ALL in tracker.reads["n"]["params:data_processing"]
+    assert tracker.digest("data_processing", {"min_length": 3}, ["min_length"]) != \
+        tracker.digest("data_processing", {"min_length": 4}, ["min_length"])
+    assert tracker.digest("data_processing", {"min_length": 3}, ["dedupe"]) == \
+        tracker.digest("data_processing", {"min_length": 4}, ["dedupe"])
+
+
+def test_code_fingerprint_follows_helpers_and_constants(tmp_path, monkeypatch):
+    from tangshi_pipeline.cache import CodeFingerprint
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    source = "import re\nPAT = re.compile('a+')\ndef helper(x):\n    return PAT.sub('', x)\ndef f(x):\n    return helper(x)\n"
+    digests = []
+    for variant in (source, source.replace("'a+'", "'b+'"), source + "\ndef unrelated():\n    pass\n"):
+        (tmp_path / "fp_mod.py").write_text(variant, "utf-8")
+        sys.modules.pop("fp_mod", None)
+        importlib.invalidate_caches()
+        digests.append(CodeFingerprint().digest(importlib.import_module("fp_mod").f))
+    sys.modules.pop("fp_mod", None)
+    assert digests[0] != digests[1]  # a constant the helper uses
+    assert digests[0] == digests[2]  # an unrelated function in the same module

@@ -386,8 +386,17 @@ class ParamTracker:
                     if reads is not None:
                         live[id(self)] = reads
 
+            def __getitem__(self, key):  # dict-style reads, as the plain parameter dict allows
+                if key not in fields:
+                    raise KeyError(key)
+                return getattr(self, key)
+
+            def get(self, key, default=None):
+                return getattr(self, key) if key in fields else default
+
             self._classes[model_cls] = type(f"Tracked{model_cls.__name__}", (model_cls,), {
                 "__getattribute__": __getattribute__, "model_dump": model_dump, "__module__": __name__,
+                "__getitem__": __getitem__, "get": get,
                 "__qualname__": f"Tracked{model_cls.__name__}",
             })
         return self._classes[model_cls]
@@ -669,7 +678,7 @@ class CachedRunner(SequentialRunner):
         return {ds: self._input_digest(ds) for ds in node.inputs if not _is_param(ds)}
 
     def _param_digest(self, name: str, keys: list[str]) -> str | None:
-        raw = self._catalog.load(name)
+        raw = self._dataset(name).load()  # not catalog.load: no log line per check
         section = self._tracker.section(name)
         if section is not None:
             return self._tracker.digest(section, raw, keys)
