@@ -85,20 +85,25 @@ def main() -> None:
               flush=True)
     subprocess.run([KEDRO, "run"], env=ENV, check=True, capture_output=True)  # back to the default params
 
-    med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
-    outside = {k: max(med[k] - med["startup"], 0.0) for k in ("first_full", "no_change", "param_changed")}
+    # Minimum over repeats: the least disturbed run (medians are reported too).
+    med = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
+    median = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
+    outside = {k: med[k] - med["startup"] for k in ("first_full", "no_change", "param_changed")}
     runner = {k: statistics.median(r["runner_s"] for r in runs[k]) for k in outside}
     ratio = outside["no_change"] / outside["first_full"]
-    results = {"runs": runs, "median_wall_s": med, "outside_startup_s": outside, "runner_s": runner,
+    results = {"runs": runs, "min_wall_s": med, "median_wall_s": median, "outside_startup_s": outside, "runner_s": runner,
                "no_change_ratio_outside_startup": round(ratio, 4),
                "no_change_ratio_runner": round(runner["no_change"] / runner["first_full"], 4),
                "changed_param": args.param, "repeats": repeats, "target_ratio": 0.05}
     write_results("cache", results, [
-        ("Kedro start-up (`kedro run` with a runner that does nothing), median (s)", f"{med['startup']:.2f}"),
-        ("first full run `kedro run --force`, wall (s)", f"{med['first_full']:.2f}"),
-        ("no-change `kedro run`, wall (s)", f"{med['no_change']:.2f}"),
-        (f"only `{args.param}` changed, wall (s)", f"{med['param_changed']:.2f}"),
-        ("no-change / first, outside start-up", f"{ratio:.1%} (target < 5 %)"),
+        (f"repeats (wall = min over repeats; median in brackets)", str(repeats)),
+        ("Kedro start-up (`kedro run` with a runner that does nothing), wall (s)",
+         f"{med['startup']:.2f} ({median['startup']:.2f})"),
+        ("first full run `kedro run --force`, wall (s)", f"{med['first_full']:.2f} ({median['first_full']:.2f})"),
+        ("no-change `kedro run`, wall (s)", f"{med['no_change']:.2f} ({median['no_change']:.2f})"),
+        (f"only `{args.param}` changed, wall (s)", f"{med['param_changed']:.2f} ({median['param_changed']:.2f})"),
+        ("no-change / first, outside start-up (wall − start-up)",
+         f"{outside['no_change']:.2f} s / {outside['first_full']:.2f} s = {ratio:.1%} (target < 5 %)"),
         ("no-change / first, runner time from Kedro's log",
          f"{runner['no_change']:.2f} s / {runner['first_full']:.2f} s = {runner['no_change'] / runner['first_full']:.1%}"),
         ("param changed / first, runner time",

@@ -220,16 +220,33 @@ class CodeFingerprint:
     """Digest of a callable and of the project code and constants it reaches by global names."""
 
     def __init__(self):
-        self._memo: dict[int, tuple[Any, str]] = {}
+        self._memo: dict[int, tuple[Any, str]] = {}  # id → (object, digest): each object hashed once
+        self._active: set[int] = set()
+        self._cycle = False
 
     def digest(self, obj: Any) -> str:
+        return self._sub(obj)
+
+    def _sub(self, obj: Any) -> str:
+        """The digest of one function, class or module (memoised; a cycle gets a placeholder)."""
         hit = self._memo.get(id(obj))
         if hit is not None and hit[0] is obj:
             return hit[1]
-        h = _hasher()
-        self._visit(obj, h, set())
-        self._memo[id(obj)] = (obj, h.hexdigest())
-        return self._memo[id(obj)][1]
+        if id(obj) in self._active:
+            self._cycle = True
+            return f"<cycle {getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}>"
+        self._active.add(id(obj))
+        outer_cycle, self._cycle = self._cycle, False
+        try:
+            h = _hasher()
+            self._visit(obj, h, set())
+            digest = h.hexdigest()
+        finally:
+            self._active.discard(id(obj))
+        if not self._cycle:  # a digest that used a placeholder depends on where hashing began
+            self._memo[id(obj)] = (obj, digest)
+        self._cycle = self._cycle or outer_cycle
+        return digest
 
     def _feed(self, h, text: str) -> None:
         h.update(text.encode("utf-8", "surrogatepass"))
@@ -249,11 +266,11 @@ class CodeFingerprint:
         seen.add(id(obj))
         if isinstance(obj, functools.partial):
             self._feed(h, "partial")
-            self._visit(obj.func, h, seen)
+            self._feed(h, self._sub(obj.func))
             self._value(obj.args, h, seen)
             self._value(obj.keywords, h, seen)
         elif inspect.ismethod(obj):
-            self._visit(obj.__func__, h, seen)
+            self._feed(h, self._sub(obj.__func__))
             self._value(obj.__self__, h, seen)
         elif inspect.isfunction(obj):
             if not _owned_module(obj.__module__):
@@ -282,16 +299,16 @@ class CodeFingerprint:
             self._feed(h, self._source(obj))
             for base in obj.__mro__[1:]:
                 if _owned_module(base.__module__):
-                    self._visit(base, h, seen)
+                    self._feed(h, self._sub(base))
             for member in vars(obj).values():
                 if isinstance(member, (staticmethod, classmethod)):
                     member = member.__func__
                 if isinstance(member, property):
                     for f in (member.fget, member.fset):
                         if f is not None:
-                            self._visit(f, h, seen)
+                            self._feed(h, self._sub(f))
                 elif inspect.isfunction(member):
-                    self._visit(member, h, seen)
+                    self._feed(h, self._sub(member))
         elif inspect.ismodule(obj):
             if not _owned_module(obj.__name__):
                 self._feed(h, _external_id(obj))
@@ -302,7 +319,7 @@ class CodeFingerprint:
                 self._feed(h, obj.__name__)
             for member in vars(obj).values():
                 if (inspect.isfunction(member) or inspect.isclass(member)) and member.__module__ == obj.__name__:
-                    self._visit(member, h, seen)
+                    self._feed(h, self._sub(member))
         else:
             self._value(obj, h, seen)
 
@@ -310,7 +327,9 @@ class CodeFingerprint:
         """A constant: by value; code inside it by its code."""
         if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
             self._feed(h, repr(value))
-        elif isinstance(value, (functools.partial, types.FunctionType, types.MethodType, type, types.ModuleType)):
+        elif isinstance(value, (types.FunctionType, type, types.ModuleType)):
+            self._feed(h, self._sub(value))
+        elif isinstance(value, (functools.partial, types.MethodType)):
             self._visit(value, h, seen)
         elif isinstance(value, (list, tuple)):
             self._feed(h, f"{type(value).__name__}[{len(value)}]")
@@ -330,7 +349,7 @@ class CodeFingerprint:
         else:
             cls = type(value)
             if _owned_module(cls.__module__):
-                self._visit(cls, h, seen)
+                self._feed(h, self._sub(cls))
             else:
                 self._feed(h, _external_id(cls))
             text = repr(value)
