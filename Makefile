@@ -30,8 +30,11 @@ run: data
 test: data
 	$(BIN)/python -m pytest
 
+# kedro-viz asks PyPI for a newer version at start-up (30 s timeout); a proxy on a closed local
+# port makes that fail at once, so viz starts the same offline or behind a black-holed network.
 viz: $(STAMP)
-	$(BIN)/kedro viz run --host 127.0.0.1 --no-browser
+	https_proxy=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 no_proxy=127.0.0.1,localhost \
+	  $(BIN)/kedro viz run --host 127.0.0.1 --no-browser
 
 bench: data
 	$(BIN)/python benchmarks/run.py

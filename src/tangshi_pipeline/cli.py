@@ -1,0 +1,121 @@
+"""Project commands: Kedro's ``run`` with ``--force``, and ``kedro models``.
+
+``kedro run`` is Kedro's own command (every option kept) plus ``--force``: run every node whatever
+the stage cache says, and refresh its records (the same as ``TANGSHI_FORCE_RUN=1``). Caching
+itself is in :mod:`tangshi_pipeline.cache` (``SESSION_CLASS``), so it also applies to runs
+started from Python.
+
+``kedro models`` lists the saved versions of the ``model`` dataset, newest first, with the metrics
+stored in each version's ``config.json``; pin one for generation with
+``kedro run --pipeline=generate --load-versions=model:<version>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from kedro.framework.cli.project import run as kedro_run
+from kedro.framework.cli.utils import env_option
+from kedro.framework.project import settings
+from kedro.framework.startup import bootstrap_project
+
+from tangshi_pipeline.cache import FORCE_ENV
+
+
+@click.group(name="tangshi-pipeline")
+def cli() -> None:
+    """Project commands."""
+
+
+def _run(force: bool, **kwargs: Any) -> Any:
+    if not force:
+        return kedro_run.callback(**kwargs)
+    previous = os.environ.get(FORCE_ENV)
+    os.environ[FORCE_ENV] = "1"
+    try:
+        return kedro_run.callback(**kwargs)
+    finally:
+        if previous is None:
+            os.environ.pop(FORCE_ENV, None)
+        else:
+            os.environ[FORCE_ENV] = previous
+
+
+run = click.Command(
+    name="run",
+    callback=_run,
+    params=[*kedro_run.params, click.Option(
+        ["--force"], is_flag=True,
+        help=f"Run every node, ignoring the stage cache (refreshes its records); same as {FORCE_ENV}=1.")],
+    help=(kedro_run.help or "Run the pipeline.") + " Up-to-date nodes are skipped (stage cache); "
+         "--force runs them all.",
+)
+cli.add_command(run)
+
+
+def model_versions(catalog, dataset_name: str = "model") -> list[dict[str, Any]]:
+    """Versions of a versioned model dataset, newest first: version, path and config.json content."""
+    dataset = catalog.get(dataset_name)
+    if dataset is None:
+        raise click.ClickException(f"no dataset {dataset_name!r} in the catalog")
+    if not hasattr(dataset, "list_versions") or not getattr(dataset, "_version", None):
+        raise click.ClickException(f"dataset {dataset_name!r} is not versioned (set `versioned: true`)")
+    rows = []
+    for version in dataset.list_versions(full_path=False):
+        folder = Path(str(dataset._get_versioned_path(version)))
+        try:
+            config = json.loads((folder / "config.json").read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            config = {"error": f"unreadable config.json ({type(exc).__name__})"}
+        rows.append({"version": version, "path": str(folder), "metrics": config.get("metrics") or {},
+                     "vocab_fingerprint": config.get("vocab_fingerprint"),
+                     "architecture": config.get("architecture"), "error": config.get("error")})
+    return rows
+
+
+def _flat(metrics: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@cli.command(name="models")
+@env_option
+@click.option("--dataset", default="model", show_default=True, help="The versioned model dataset.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models(env: str | None, dataset: str, as_json: bool) -> None:
+    """List the saved model versions (newest first) with their metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    project = Path.cwd()
+    bootstrap_project(project)
+    with settings.SESSION_CLASS.create(project_path=project, env=env) as session:
+        rows = model_versions(session.load_context().catalog, dataset)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo(f"no saved versions of {dataset!r} yet: run `kedro run --pipeline=training`.")
+        return
+    flat = [_flat(r["metrics"]) for r in rows]
+    columns = sorted({k for f in flat for k in f})
+    table = Table(title=f"{dataset}: {len(rows)} version(s), newest first (the default for generation)")
+    table.add_column("version", no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_column("vocab")
+    for row, metrics in zip(rows, flat):
+        cells = [f"{metrics[c]:.4g}" if isinstance(metrics.get(c), float) else str(metrics.get(c, ""))
+                 for c in columns]
+        table.add_row(row["version"], *cells, row["error"] or (row["vocab_fingerprint"] or "")[:12])
+    Console().print(table)
+    click.echo("Pin one for generation: kedro run --pipeline=generate --load-versions=model:<version>")

@@ -1,0 +1,327 @@
+"""kedro-viz: lineage through its API, previews, the workflow view's run status, and a real
+headless Chromium (Debian's, driven over the DevTools protocol) that renders the graph.
+
+One `kedro viz run` serves a throw-away copy of the project (fixture corpus, data_processing run
+twice so the last run has cached stages) for the whole module. The server starts offline: with
+``https_proxy`` pointing at a closed local port, as `make viz` does, and — where the test may
+create a network namespace — inside one with only a loopback interface.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.poems import write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+DP_CHAIN = ["raw_corpus", "flatten", "poems", "clean", "clean_poems", "frame", "framed_poems",
+            "build_vocab", "vocab", "vectorize", "vectors"]
+OFFLINE_ENV = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
+               "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+
+
+def _free_port() -> int:
+    """A free port below 49152 (kedro-viz refuses ports in the dynamic range)."""
+    import random
+
+    for port in random.sample(range(20000, 45000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port")
+
+
+def _get(url: str, timeout: float = 30):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _can_isolate_network() -> bool:
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return False
+    return subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def viz_project(tmp_path_factory):
+    from kedro.framework.project import pipelines
+    from kedro.framework.startup import bootstrap_project
+
+    from tangshi_pipeline.cache import CachedSession
+
+    root = tmp_path_factory.mktemp("viz") / "project"
+    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf/local").mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(ROOT / name, root / name)
+    (root / "src").mkdir()
+    write_corpus(root / "data/01_raw/tang")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        bootstrap_project(root)
+        pipelines.configure("tangshi_pipeline.pipeline_registry")
+        for params in (None, {"data_processing": {"split_salt": "viz"}}):  # the 2nd run: 4 cached stages
+            with CachedSession.create(project_path=root, runtime_params=params) as session:
+                session.run(pipeline_names=["data_processing"])
+        registered = {name: p for name, p in pipelines.items()}
+    return root, registered
+
+
+@pytest.fixture(scope="module")
+def viz_url(viz_project):
+    root, _ = viz_project
+    port = _free_port()
+    cmd = [KEDRO, "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
+    log = (root / "viz.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, **OFFLINE_ENV}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                _get(f"{url}/api/main", timeout=5)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"kedro viz did not start:\n{(root / 'viz.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, 15)  # the session started above: `kedro viz run` and its server
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _graph(url: str, pipeline_id: str) -> tuple[dict[str, dict], set[tuple[str, str]]]:
+    response = _get(f"{url}/api/pipelines/{pipeline_id}")
+    nodes = {n["id"]: n for n in response["nodes"]}
+    edges = {(nodes[e["source"]]["name"], nodes[e["target"]]["name"]) for e in response["edges"]}
+    return nodes, edges
+
+
+def _reachable(edges: set[tuple[str, str]], start: str) -> set[str]:
+    seen, todo = {start}, [start]
+    while todo:
+        here = todo.pop()
+        for a, b in edges:
+            if a == here and b not in seen:
+                seen.add(b)
+                todo.append(b)
+    return seen
+
+
+def test_lineage_of_every_registered_pipeline(viz_project, viz_url):
+    _, registered = viz_project
+    main = _get(f"{viz_url}/api/main")
+    assert {p["id"] for p in main["pipelines"]} == set(registered)
+    for name, pipeline in registered.items():
+        nodes, edges = _graph(viz_url, name)
+        tasks = {n["name"] for n in nodes.values() if n["type"] == "task"}
+        assert tasks == {n.name for n in pipeline.nodes}, name
+        expected = {(i, n.name) for n in pipeline.nodes for i in n.inputs}
+        expected |= {(n.name, o) for n in pipeline.nodes for o in n.outputs}
+        assert edges == expected, name
+    # Every stage of every pipeline is in the default view, and data flows from the raw corpus to
+    # the last outputs (vectors today; generated poems once the generate pipeline is registered).
+    nodes, edges = _graph(viz_url, "__default__")
+    assert {n.name for p in registered.values() for n in p.nodes} <= {n["name"] for n in nodes.values()}
+    assert all((a, b) in edges for a, b in zip(DP_CHAIN, DP_CHAIN[1:]))
+    final = registered.get("generate", registered["data_processing"]).outputs()
+    assert final and final <= _reachable(edges, "raw_corpus")
+    layers = {n["name"]: n.get("layer") for n in nodes.values() if n["type"] == "data"}
+    assert layers["raw_corpus"] == "raw" and layers["clean_poems"] == "primary" and layers["vectors"] == "model_input"
+    assert main["layers"][:4] == ["raw", "intermediate", "primary", "model_input"]
+
+
+def _metadata(url: str, dataset: str) -> dict:
+    nodes, _ = _graph(url, "__default__")
+    node_id = next(i for i, n in nodes.items() if n["name"] == dataset)
+    return _get(f"{url}/api/nodes/{node_id}")
+
+
+def test_previews_of_tables_and_json(viz_url):
+    table = _metadata(viz_url, "clean_poems")
+    assert table["preview_type"] == "TablePreview"
+    assert table["preview"]["columns"] == ["id", "author", "title", "text", "tones"]
+    assert 0 < len(table["preview"]["data"]) <= 10
+    for name in ("vocab", "cleaning_report", "vectorize_report"):
+        meta = _metadata(viz_url, name)
+        assert meta["preview_type"] == "JSONPreview", name
+        assert json.loads(meta["preview"]), name
+    assert _metadata(viz_url, "vectors")["stats"]["rows"] == 7
+
+
+def test_training_curve_png_previews(tmp_path):
+    """The training curve is a matplotlib.MatplotlibDataset: kedro-viz previews it as an image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from kedro_datasets.matplotlib import MatplotlibDataset
+    from kedro_viz.models.flowchart.node_metadata import DataNodeMetadata
+    from kedro_viz.models.flowchart.nodes import GraphNode
+
+    dataset = MatplotlibDataset(filepath=str(tmp_path / "training_curve.png"))
+    figure = plt.figure()
+    plt.plot([3.0, 2.0, 1.5])
+    dataset.save(figure)
+    plt.close(figure)
+    node = GraphNode.create_data_node(dataset_id="c", dataset_name="training_curve", layer="reporting",
+                                      tags=set(), dataset=dataset, modular_pipelines=None)
+    meta = DataNodeMetadata(data_node=node)
+    assert meta.preview_type == "ImagePreview"
+    assert base64.b64decode(meta.preview).startswith(b"\x89PNG")
+
+
+def test_workflow_view_shows_last_run_with_cached_stages(viz_project, viz_url):
+    _, registered = viz_project
+    status = _get(f"{viz_url}/api/run-status")
+    assert status["pipeline"]["status"] == "success"
+    main = _get(f"{viz_url}/api/main")
+    ids = {n["name"]: n["id"] for n in main["nodes"] if n["type"] == "task"}
+    nodes = status["nodes"]
+    for name in ("flatten", "clean", "frame", "build_vocab", "vectorize"):
+        assert nodes[ids[name]]["status"] == "success", name
+    assert nodes[ids["vectorize"]]["duration"] > 0
+    assert all(nodes[ids[n]]["duration"] == 0 for n in ("flatten", "clean", "frame", "build_vocab"))
+    assert status["datasets"]  # sizes of what the last run loaded and saved
+
+
+ISOLATED_CHECK = """
+import json, os, subprocess, sys, time, urllib.request
+proc = subprocess.Popen([sys.argv[1], "viz", "run", "--host", "127.0.0.1", "--port", sys.argv[2], "--no-browser"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+start, result = time.monotonic(), {}
+try:
+    while time.monotonic() - start < 120:
+        try:
+            url = "http://127.0.0.1:" + sys.argv[2]
+            result["main"] = len(json.loads(urllib.request.urlopen(url + "/api/main", timeout=5).read())["nodes"])
+            result["version"] = json.loads(urllib.request.urlopen(url + "/api/version", timeout=30).read())
+            result["index"] = b"<div id=\\"root\\">" in urllib.request.urlopen(url + "/", timeout=5).read()
+            result["seconds"] = round(time.monotonic() - start, 1)
+            break
+        except OSError:
+            time.sleep(0.5)
+finally:
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(not _can_isolate_network(), reason="cannot create a network namespace here (needs root)")
+def test_viz_starts_with_the_network_unreachable(viz_project, viz_url):
+    """`kedro viz run` in a network namespace with only a loopback: starts and serves the graph."""
+    root, _ = viz_project
+    out = subprocess.run(
+        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1" "$2" "$3"', sys.executable,
+         ISOLATED_CHECK, KEDRO, str(_free_port())],
+        cwd=root, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"},
+        capture_output=True, text=True, timeout=300)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["main"] > 10 and result["index"] is True
+    assert result["version"]["installed"]
+
+
+def test_viz_started_offline_with_make_viz_settings(viz_project, viz_url):
+    root, _ = viz_project
+    assert _get(f"{viz_url}/api/version")["installed"]
+    assert "Kedro Viz started successfully" in (root / "viz.log").read_text()
+
+
+# ------------------------------------------------------------------------ real browser
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _cdp_page(port: int, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            targets = _get(f"http://127.0.0.1:{port}/json/list", timeout=5)
+            pages = [t for t in targets if t.get("type") == "page"]
+            if pages:
+                return pages[0]["webSocketDebuggerUrl"]
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("Chromium's DevTools endpoint did not come up")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it)")
+def test_browser_renders_the_pipeline(viz_url, tmp_path):
+    from websockets.sync.client import connect
+
+    profile = tmp_path / "chromium-profile"
+    port = _free_port()
+    browser = subprocess.Popen([
+        _chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--no-default-browser-check",
+        "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
+        "--remote-allow-origins=*", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--window-size=1600,1000", f"{viz_url}/",
+    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        with connect(_cdp_page(port), max_size=64 * 2**20, open_timeout=30) as ws:
+            counter = iter(range(1, 10**6))
+
+            def call(method: str, **params):
+                ident = next(counter)
+                ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+                while True:
+                    message = json.loads(ws.recv(timeout=60))
+                    if message.get("id") == ident:
+                        return message.get("result", {})
+
+            def evaluate(expression: str):
+                return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+            names = ["flatten", "clean", "frame", "build_vocab", "vectorize"]
+            deadline = time.monotonic() + 90
+            text = ""
+            while time.monotonic() < deadline:
+                text = evaluate(
+                    "Array.from(document.querySelectorAll('.pipeline-node')).map(n => n.textContent).join('|') "
+                    "+ '|' + document.body.innerText") or ""
+                flat = text.lower().replace(" ", "").replace("_", "")
+                if all(n.replace("_", "") in flat for n in names) and evaluate(
+                        "document.querySelectorAll('.pipeline-node').length") > 0:
+                    break
+                time.sleep(0.5)
+            time.sleep(1.0)  # let the graph's fade-in finish before the screenshot
+            shot = call("Page.captureScreenshot", format="png")
+            (tmp_path / "kedro-viz.png").write_bytes(base64.b64decode(shot["data"]))
+            flat = text.lower().replace(" ", "").replace("_", "")
+            missing = [n for n in names if n.replace("_", "") not in flat]
+            assert not missing, f"stages not rendered: {missing}; page text: {text[:500]!r}"
+            assert evaluate("document.querySelectorAll('.pipeline-node').length") >= len(names)
+        assert (tmp_path / "kedro-viz.png").stat().st_size > 10_000
+    finally:
+        browser.terminate()
+        try:
+            browser.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            browser.kill()
