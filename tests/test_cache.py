@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from kedro.framework.hooks import hook_impl
 
 from tangshi_pipeline.cache import FORCE_ENV, CachedSession
@@ -337,7 +338,9 @@ def test_parameter_tracker_records_field_reads_and_whole_object_access():
 
     tracker = ParamTracker(SCHEMAS)
     n = node(lambda p: p, "params:data_processing", "out", name="n")
-    given = tracker.before_node_run(n, {"params:data_processing": {"min_length": 3}})["params:data_processing"]
+    conf = Path(__file__).resolve().parents[1] / "conf/base/parameters_data_processing.yml"
+    full = yaml.safe_load(conf.read_text("utf-8"))["data_processing"]
+    given = tracker.before_node_run(n, {"params:data_processing": {**full, "min_length": 3}})["params:data_processing"]
     p = parse(DataProcessingParams, "data_processing", given)
     assert p is given and p.min_length == 3 and p["split_salt"] == "tangshi" and p.get("nope", 1) == 1
     assert tracker.reads["n"]["params:data_processing"] == {"min_length", "split_salt"}
@@ -345,10 +348,10 @@ def test_parameter_tracker_records_field_reads_and_whole_object_access():
     assert tracker.reads["n"]["params:data_processing"] == {"min_length", "split_salt", "dedupe"}
     repr(p)
     assert ALL in tracker.reads["n"]["params:data_processing"]
-    assert tracker.digest("data_processing", {"min_length": 3}, ["min_length"]) != \
-        tracker.digest("data_processing", {"min_length": 4}, ["min_length"])
-    assert tracker.digest("data_processing", {"min_length": 3}, ["dedupe"]) == \
-        tracker.digest("data_processing", {"min_length": 4}, ["dedupe"])
+    assert tracker.digest("data_processing", {**full, "min_length": 3}, ["min_length"]) != \
+        tracker.digest("data_processing", {**full, "min_length": 4}, ["min_length"])
+    assert tracker.digest("data_processing", {**full, "min_length": 3}, ["dedupe"]) == \
+        tracker.digest("data_processing", {**full, "min_length": 4}, ["dedupe"])
 
 
 def test_code_fingerprint_follows_helpers_and_constants(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ def kedro(project, *args: str) -> subprocess.CompletedProcess:
 def outputs(project) -> list[str]:
     data = project.path / "data"
     return sorted(str(p.relative_to(data)) for p in data.rglob("*")
-                  if p.is_file() and "01_raw" not in p.parts and p.name != ".gitkeep")
+                  if p.is_file() and not {"01_raw", ".cache"} & set(p.parts) and p.name != ".gitkeep")
 
 
 def raw(project) -> Path:
