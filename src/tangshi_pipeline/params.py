@@ -8,7 +8,7 @@ the parameter, the value and the rule it broke.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -84,3 +84,29 @@ def validate_all(params: dict[str, Any]) -> None:
     for section, model in SCHEMAS.items():
         if section in params:
             parse(model, section, params[section])
+
+
+class TrainingParams(Params):
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    embedding_dim: int = Field(100, ge=1)
+    hidden_dim: int = Field(128, ge=1)
+    num_layers: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    optimizer: Literal["adamw", "rmsprop"] = "adamw"
+    learning_rate: float = Field(0.002, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(30, ge=1)
+    max_minutes: float | None = Field(10, gt=0)
+    checkpoint_every: int = Field(2, ge=1)
+    checkpoint_minutes: float | None = Field(5, gt=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    fused_head: Literal["auto"] | bool = "auto"
+    threads: int = Field(0, ge=0)
+    seed: int = 42
+    resume: bool = True
+
+
+SCHEMAS["training"] = TrainingParams
