@@ -158,7 +158,14 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     """Train (or continue training) a model; see the module docstring. ``on_step(position, model)``
     is called after every optimizer step (tests and benchmarks use it; it may raise to interrupt)."""
     torch.manual_seed(p.seed)
-    model = CharRNN(config).to(device).train()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (cuDNN RNNs already are)
+    model = CharRNN(config)
+    # Start from the unigram distribution (head bias = log frequency of each training target): the
+    # first minutes no longer go into learning character frequencies (loss ln V ≈ 8.9 → ≈ 6.5 at step 0).
+    counts = train.target_counts(config.vocab_size).double() + 1
+    model.head.bias.data = (counts / counts.sum()).log().float()
+    model = model.to(device).train()
     opt = make_optimizer(model, p, device)
     pos, resumed_from = Position(), None
     compat = compatibility(config, vocab_fingerprint, p)
