@@ -173,6 +173,9 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     checkpoint = store.latest() if store is not None and p.resume else None
     if checkpoint is not None:
         meta = checkpoint.meta
+        if not {"compatibility", "position", "training"} <= set(meta):
+            raise CheckpointError(f"checkpoint {checkpoint.path} is not a training checkpoint of this project "
+                                  f"(state.json lacks its fields); set training.resume=false to start fresh.")
         if meta["compatibility"] != compat:
             raise CheckpointError(
                 f"checkpoint {checkpoint.path} was trained with a different model or vocabulary "
@@ -180,8 +183,12 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                 f"Set training.resume=false to start fresh (its checkpoints are deleted), or restore "
                 f"the parameters it was trained with."
             )
-        _restore(model, opt, checkpoint.tensors)
-        pos = Position(**meta["position"])
+        try:
+            _restore(model, opt, checkpoint.tensors)
+            pos = Position(**meta["position"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored ({str(exc).splitlines()[0]}); "
+                                  f"set training.resume=false to start fresh.") from None
         old = meta["training"]
         if pos.step and (old["seed"], old["batch_size"]) != (p.seed, p.batch_size):
             log.warning("seed or batch_size changed: the interrupted epoch %d is not finished, going on with "
@@ -194,6 +201,8 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
         log.info("training.resume=false: deleting the checkpoints in %s and starting fresh", store.folder)
         store.clear()
 
+    if p.precision == "bf16" and device.type != "cuda":
+        log.warning("training.precision = 'bf16' applies on CUDA only; training in fp32 on %s", device)
     batches = len(train)
     fused = device.type != "cuda" if p.fused_head == "auto" else p.fused_head
     log.info("training %s %d→%d×%d on %s (%d threads), %s: %d poems, %d tokens, %d batches per epoch",
