@@ -101,7 +101,7 @@ def main() -> None:
     p = TrainingParams(**raw)
     train_seqs = split_sequences(vectors, "train")
     val_seqs = split_sequences(vectors, "val")[: args.val_poems or None]
-    val = Buckets(val_seqs, 256)
+    val = Buckets(val_seqs, 64)
     seconds = args.minutes * 60
 
     print(f"classic loop: {seconds:.0f} s ...", flush=True)

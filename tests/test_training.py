@@ -114,3 +114,13 @@ def test_unavailable_device_is_named():
         with pytest.raises(ParameterError, match="training.device = 'cuda'"):
             resolve_device("cuda")
     assert resolve_device("cpu") == CPU
+
+
+def test_checkpoint_dataset_loads_a_store_and_previews_the_newest(tmp_path, data):
+    from tangshi_pipeline.datasets import TrainingCheckpoints
+
+    dataset = TrainingCheckpoints(str(tmp_path / "ck"))
+    assert "none yet" in dataset.preview()
+    train, val = data
+    fit(config(params()), "fp", train, val, params(epochs=1), dataset.load(), CPU)
+    assert '"epoch": 1' in dataset.preview() and "history" not in dataset.preview()

@@ -244,3 +244,12 @@ class TrainingCheckpoints(AbstractDataset[CheckpointStore, None]):
 
     def _exists(self) -> bool:
         return True
+
+    def preview(self) -> JSONPreview:
+        """The newest checkpoint's position and parameters (kedro-viz side panel)."""
+        found = CheckpointStore(self._folder)._complete()
+        if not found:
+            return JSONPreview(json.dumps({"checkpoints": "none yet"}))
+        meta = json.loads((found[-1] / "state.json").read_text("utf-8"))
+        meta.get("position", {}).pop("history", None)
+        return JSONPreview(json.dumps({"checkpoint": found[-1].name, **meta}, ensure_ascii=False))

@@ -93,10 +93,10 @@ class TrainingParams(Params):
     num_layers: int = Field(2, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     optimizer: Literal["adamw", "rmsprop"] = "adamw"
-    learning_rate: float = Field(0.002, gt=0)
+    learning_rate: float = Field(0.005, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
     epochs: int = Field(30, ge=1)
     max_minutes: float | None = Field(10, gt=0)
     checkpoint_every: int = Field(2, ge=1)

@@ -16,7 +16,11 @@ from tangshi_pipeline.params import TrainingParams, parse
 from tangshi_pipeline.training import evaluate, fit, resolve_device, set_threads
 from tangshi_pipeline.vocab import Vocab
 
-EVAL_BATCH = 256
+
+
+def _eval_batch(device: torch.device) -> int:
+    """Poems per evaluation batch: the logits of 64 poems of 80 characters are ~150 MB on the CPU."""
+    return 64 if device.type == "cpu" else 512
 
 
 def _device(p: TrainingParams) -> torch.device:
@@ -37,7 +41,7 @@ def train(vectors: pd.DataFrame, vocab: dict, params: dict, checkpoints: Checkpo
         raise ValueError("the vectors table has no 'train' rows: check data_processing.split")
     train_set = Buckets(train_seqs, p.batch_size, device)
     val_seqs = split_sequences(vectors, "val")
-    val_set = Buckets(val_seqs, EVAL_BATCH, device) if val_seqs else None
+    val_set = Buckets(val_seqs, _eval_batch(device), device) if val_seqs else None
     config = ModelConfig(len(vocab_), p.cell, p.embedding_dim, p.hidden_dim, p.num_layers, p.dropout)
     result = fit(config, vocab_.fingerprint, train_set, val_set, p, checkpoints, device)
     pos, last = result.position, (result.position.history or [{}])[-1]
@@ -67,7 +71,7 @@ def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, params: 
                                "epochs_done": model.meta.get("training", {}).get("epochs_done")}
     for split in ("val", "test"):
         seqs = split_sequences(vectors, split)
-        buckets = Buckets(seqs, EVAL_BATCH, device)
+        buckets = Buckets(seqs, _eval_batch(device), device)
         loss = evaluate(net, buckets, device, p.precision)
         metrics[split] = {
             "poems": len(seqs), "tokens": buckets.tokens, "loss": loss,
