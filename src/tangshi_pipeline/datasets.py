@@ -3,6 +3,9 @@
 ``AtomicJSONDataset`` is kedro-datasets' JSONDataset with the same atomic publication.
 ``ModelArtifact`` is the versioned model: safetensors weights plus a JSON config, never pickle.
 
+``TrainingCheckpoints`` gives the training node a :class:`CheckpointStore`: resumable training
+state (weights, optimizer state, RNG state, position in the run) as safetensors plus JSON.
+
 ``ParquetTable`` saves a pandas DataFrame as parquet with an explicit Arrow schema (token ids are a
 real ``list<int32>`` column, not pickled objects) and publishes the file atomically: it is written
 under a temporary name beside the target and renamed into place, so an interrupted run never
@@ -15,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +30,11 @@ from kedro.io.core import VersionNotFoundError
 from kedro_datasets._typing import JSONPreview, TablePreview
 from kedro_datasets.json import JSONDataset
 
-if TYPE_CHECKING:  # the model module imports torch: only ModelArtifact needs it, on first use
+from safetensors import SafetensorError
+
+if TYPE_CHECKING:  # torch (through the model module) is imported on first use, not with the catalog
+    import torch
+
     from tangshi_pipeline.model import Artifact
 
 _POEM = [("id", pa.string()), ("author", pa.string()), ("title", pa.string()), ("text", pa.string()),
@@ -163,3 +171,108 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
         """The config (architecture, vocabulary fingerprint, training parameters, metrics)."""
         path = Path(self._get_load_path()) / "config.json"
         return JSONPreview(path.read_text(encoding="utf-8"))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the run; the message names it and what to do."""
+
+
+@dataclass
+class Checkpoint:
+    meta: dict[str, Any]  # JSON: position in the run, fingerprint, parameters, history
+    tensors: dict[str, torch.Tensor]  # weights, optimizer state, RNG state
+    path: Path
+
+
+class CheckpointStore:
+    """Training checkpoints in ``folder``: ``step-<global step>/{state.safetensors,state.json}``.
+
+    A checkpoint is written into a hidden temporary folder and renamed into place, so a
+    ``step-*`` folder is always complete; the newest ``keep`` are kept.
+    """
+
+    def __init__(self, folder: str | Path, keep: int = 2):
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({str(self.folder)!r})"
+
+    def _complete(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob("step-*") if p.is_dir())
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint, or None when there is none."""
+        found = self._complete()
+        if not found:
+            return None
+        path = found[-1]
+        from safetensors.torch import load_file
+
+        try:
+            meta = json.loads((path / "state.json").read_text("utf-8"))
+            tensors = load_file(path / "state.safetensors")
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable ({exc}); delete that folder to resume from an "
+                f"older one, or set training.resume=false to start fresh."
+            ) from None
+        return Checkpoint(meta, tensors, path)
+
+    def save(self, step: int, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+        """Publish the checkpoint of global step ``step`` atomically, then drop all but the newest ``keep``."""
+        from safetensors.torch import save_file
+
+        path = self.folder / f"step-{int(step):010d}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder))
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
+            (tmp / "state.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), "utf-8")
+            if path.exists():  # the same step saved again (a finished run re-run): swap it out
+                os.replace(path, tmp.with_name(tmp.name + ".old"))
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp.with_name(tmp.name + ".old"), ignore_errors=True)
+        for old in self._complete()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def clear(self) -> None:
+        """Delete every checkpoint (a fresh start)."""
+        for old in self._complete():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class TrainingCheckpoints(AbstractDataset[CheckpointStore, None]):
+    """Loads as a :class:`CheckpointStore` on ``folder``; the training node saves through it."""
+
+    def __init__(self, folder: str, keep: int = 2, metadata: dict[str, Any] | None = None):
+        self._folder = Path(folder)
+        self._keep = keep
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"folder": PurePosixPath(self._folder), "keep": self._keep}
+
+    def load(self) -> CheckpointStore:
+        return CheckpointStore(self._folder, self._keep)
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._folder}: checkpoints are written by the training node through load().save()")
+
+    def _exists(self) -> bool:
+        return True
+
+    def preview(self) -> JSONPreview:
+        """The newest checkpoint's position and parameters (kedro-viz side panel)."""
+        found = CheckpointStore(self._folder)._complete()
+        if not found:
+            return JSONPreview(json.dumps({"checkpoints": "none yet"}))
+        meta = json.loads((found[-1] / "state.json").read_text("utf-8"))
+        meta.get("position", {}).pop("history", None)
+        return JSONPreview(json.dumps({"checkpoint": found[-1].name, **meta}, ensure_ascii=False))

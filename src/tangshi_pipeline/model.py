@@ -48,8 +48,13 @@ class CharRNN(nn.Module):
 
     def forward(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """ids (B, T) → logits (B, T, V) and the recurrent state to continue from."""
-        out, state = self.rnn(self.embedding(ids), state)
+        out, state = self.features(ids, state)
         return self.head(out), state
+
+    def features(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        """ids (B, T) → the last layer's outputs (B, T, H), before the head (training fuses the
+        head with the loss, see ``batching.head_nll``)."""
+        return self.rnn(self.embedding(ids), state)
 
 
 class ArtifactError(ValueError):

@@ -11,7 +11,7 @@ the parameter, the value and the rule it broke.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -87,3 +87,31 @@ def validate_all(params: dict[str, Any]) -> None:
     for section, model in SCHEMAS.items():
         if section in params:
             parse(model, section, params[section])
+
+
+class TrainingParams(Params):
+    cell: Literal["rnn", "lstm", "gru"]
+    embedding_dim: int = Field(ge=1)
+    hidden_dim: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+    optimizer: Literal["adamw", "rmsprop"]
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    grad_clip: float | None = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    max_minutes: float | None = Field(gt=0)
+    checkpoint_every: int = Field(ge=1)
+    checkpoint_minutes: float | None = Field(gt=0)
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    precision: Literal["fp32", "bf16"]
+    fused_head: Literal["auto"] | bool
+    threads: int = Field(ge=0)
+    seed: int
+    resume: bool
+
+
+
+
+SCHEMAS["training"] = TrainingParams

@@ -1,0 +1,98 @@
+"""Nodes of the training pipeline: train → evaluate, and the training curve."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from tangshi_pipeline.batching import Buckets, split_sequences
+from tangshi_pipeline.datasets import CheckpointStore
+from tangshi_pipeline.model import Artifact, ModelConfig
+from tangshi_pipeline.params import TrainingParams, parse
+from tangshi_pipeline.training import evaluate, fit, resolve_device, set_threads
+from tangshi_pipeline.vocab import Vocab
+
+
+
+def _eval_batch(device: torch.device) -> int:
+    """Poems per evaluation batch: the logits of 64 poems of 80 characters are ~150 MB on the CPU."""
+    return 64 if device.type == "cpu" else 512
+
+
+def _device(p: TrainingParams) -> torch.device:
+    device = resolve_device(p.device)
+    if device.type == "cpu":
+        set_threads(p.threads)
+    return device
+
+
+def train(vectors: pd.DataFrame, vocab: dict, params: dict, checkpoints: CheckpointStore
+          ) -> tuple[Artifact, pd.DataFrame]:
+    """Train (or continue training) the poet on the train split; validation loss after each epoch."""
+    p = parse(TrainingParams, "training", params)
+    vocab_ = Vocab.from_json(vocab)
+    device = _device(p)
+    train_seqs = split_sequences(vectors, "train")
+    if not train_seqs:
+        raise ValueError("the vectors table has no 'train' rows: check data_processing.split")
+    train_set = Buckets(train_seqs, p.batch_size, device)
+    val_seqs = split_sequences(vectors, "val")
+    val_set = Buckets(val_seqs, _eval_batch(device), device) if val_seqs else None
+    config = ModelConfig(len(vocab_), p.cell, p.embedding_dim, p.hidden_dim, p.num_layers, p.dropout)
+    result = fit(config, vocab_.fingerprint, train_set, val_set, p, checkpoints, device)
+    pos, last = result.position, (result.position.history or [{}])[-1]
+    meta = {
+        "vocab_fingerprint": vocab_.fingerprint,
+        "vocab": {"size": len(vocab_), "specials": vocab["specials"]},
+        "training": {**p.model_dump(), "device": str(device), "epochs_done": last.get("epoch", pos.epoch),
+                     "steps": pos.global_step, "tokens": pos.tokens, "elapsed_s": round(pos.elapsed_s, 1),
+                     "stopped": result.stopped, "resumed_from": result.resumed_from},
+        "metrics": {k: last.get(k) for k in ("train_loss", "val_loss", "val_perplexity")},
+    }
+    history = pd.DataFrame(pos.history, columns=["epoch", "step", "tokens", "elapsed_s", "train_loss",
+                                                 "val_loss", "val_perplexity", "tokens_per_s"])
+    return Artifact(result.model.cpu().eval(), meta), history
+
+
+def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, params: dict) -> dict[str, Any]:
+    """Perplexity and bits per character of the held-out splits (per predicted token, end token included)."""
+    p = parse(TrainingParams, "training", params)
+    fingerprint = Vocab.from_json(vocab).fingerprint
+    if model.vocab_fingerprint != fingerprint:
+        raise ValueError("the model was trained on a different vocabulary than data/05_model_input/vocab.json; "
+                         "retrain it (kedro run --pipeline=training)")
+    device = _device(p)
+    net = model.model.to(device)
+    metrics: dict[str, Any] = {"architecture": {k: v for k, v in vars(net.config).items()},
+                               "epochs_done": model.meta.get("training", {}).get("epochs_done")}
+    for split in ("val", "test"):
+        seqs = split_sequences(vectors, split)
+        buckets = Buckets(seqs, _eval_batch(device), device)
+        loss = evaluate(net, buckets, device, p.precision)
+        metrics[split] = {
+            "poems": len(seqs), "tokens": buckets.tokens, "loss": loss,
+            "perplexity": math.exp(loss) if loss is not None else None,
+            "bits_per_char": loss / math.log(2) if loss is not None else None,
+        }
+    net.cpu()
+    return metrics
+
+
+def training_curve(history: pd.DataFrame) -> Figure:
+    """Train and validation loss per epoch, and training speed."""
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    loss_ax, speed_ax = fig.subplots(1, 2)
+    loss_ax.plot(history["epoch"], history["train_loss"], "o-", label="train")
+    if history["val_loss"].notna().any():
+        loss_ax.plot(history["epoch"], history["val_loss"], "s-", label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="loss (nats per character)", title="loss")
+    loss_ax.legend()
+    loss_ax.grid(alpha=0.3)
+    speed_ax.plot(history["epoch"], history["tokens_per_s"] / 1000, "o-", color="tab:green")
+    speed_ax.set(xlabel="epoch", ylabel="thousand tokens / s", title="training speed", ylim=(0, None))
+    speed_ax.grid(alpha=0.3)
+    return fig

@@ -1,0 +1,337 @@
+"""Training: the loop, evaluation, and the device and optimizer choices — short, top to bottom.
+
+:func:`fit` trains a :class:`CharRNN` on device-resident length buckets (``batching.py``) with
+AdamW (or the classic RMSprop), gradient clipping, optional bf16 autocast on CUDA, a wall-clock
+budget and checkpoints, and continues from the newest compatible checkpoint of a
+:class:`CheckpointStore`. A checkpoint is written every ``checkpoint_every`` epochs, every
+``checkpoint_minutes``, when the budget runs out, on Ctrl-C and at the end, so a re-run (with the
+same or a larger ``epochs``) goes on from there. The loop only synchronises with the device for
+the progress display (about twice a second) and at epoch ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from tangshi_pipeline.batching import Buckets, head_nll, nll
+from tangshi_pipeline.datasets import CheckpointError, CheckpointStore
+from tangshi_pipeline.model import CharRNN, ModelConfig
+from tangshi_pipeline.params import ParameterError, TrainingParams
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA, then MPS, then CPU; an explicit device must be available."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    if (name == "cuda" and not torch.cuda.is_available()) or (name == "mps" and not mps):
+        raise ParameterError(f"training.device = {name!r}, but this machine has no {name.upper()} device "
+                             f"usable by torch; set training.device to auto or cpu.")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> int:
+    """``threads`` CPU threads for torch, or (0) one per idle core. More threads than idle cores
+    make torch's CPU kernels spin and wait for each other: on a 2-core machine with one core busy,
+    2 threads trained 8× slower than 1 (measured)."""
+    if not threads:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        idle = _idle_cores()
+        threads = cores if idle is None else max(1, min(cores, round(idle)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _idle_cores(seconds: float = 0.5) -> float | None:
+    """Idle CPUs over the next ``seconds`` (from /proc/stat), or None where that is not available."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
+
+    try:
+        idle0, all0 = sample()
+        time.sleep(seconds)
+        idle1, all1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle1 - idle0) / max(all1 - all0, 1) * (os.cpu_count() or 1)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, p: TrainingParams, device: torch.device) -> torch.optim.Optimizer:
+    if p.optimizer == "rmsprop":  # the classic exercise's choice
+        return torch.optim.RMSprop(model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay,
+                             fused=device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: CharRNN, buckets: Buckets, device: torch.device, precision: str = "fp32") -> float | None:
+    """Mean negative log-likelihood (nats) per predicted token, or None for an empty split."""
+    if buckets.tokens == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device)
+    for batch in buckets.ordered():
+        with autocast(device, precision):
+            logits, _ = model(batch.inputs)
+        total += nll(logits, batch.targets)
+    model.train(was_training)
+    return total.item() / buckets.tokens
+
+
+def compatibility(config: ModelConfig, vocab_fingerprint: str, p: TrainingParams) -> dict[str, Any]:
+    """What a checkpoint must share with the run to be resumed: shape, vocabulary, optimizer."""
+    return {"architecture": asdict(config), "vocab_fingerprint": vocab_fingerprint, "optimizer": p.optimizer}
+
+
+def _describe_mismatch(old: dict, new: dict) -> str:
+    diffs = []
+    for key in ("architecture", "vocab_fingerprint", "optimizer"):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key}: {str(a)[:12]!r} → {str(b)[:12]!r}" if "fingerprint" in key else f"{key}: {a!r} → {b!r}")
+    return ", ".join(diffs)
+
+
+@dataclass
+class Position:
+    """Where a run is: epochs done, batches done in the current epoch, totals."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0  # training wall time over all runs that led here
+    epoch_loss: float = 0.0  # summed NLL of the current epoch so far
+    epoch_tokens: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    model: CharRNN
+    position: Position
+    stopped: str  # "finished" | "budget"
+    resumed_from: str | None
+
+
+def _state_tensors(model: CharRNN, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, state in opt.state_dict()["state"].items():
+        for k, v in state.items():
+            tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    return tensors
+
+
+def _restore(model: CharRNN, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    # The run's own hyper-parameters (lr, weight decay, fused) apply; only the moments are restored.
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def _progress(total: int) -> Progress:
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=console, disable=not console.is_terminal, transient=True,
+    )
+
+
+def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Buckets | None, p: TrainingParams,
+        store: CheckpointStore | None, device: torch.device,
+        on_step: Callable[[Position, CharRNN], None] | None = None) -> Result:
+    """Train (or continue training) a model; see the module docstring. ``on_step(position, model)``
+    is called after every optimizer step (tests and benchmarks use it; it may raise to interrupt)."""
+    torch.manual_seed(p.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (cuDNN RNNs already are)
+    model = CharRNN(config)
+    # Start from the unigram distribution (head bias = log frequency of each training target): the
+    # first minutes no longer go into learning character frequencies (loss ln V ≈ 8.9 → ≈ 6.5 at step 0).
+    counts = train.target_counts(config.vocab_size).double() + 1
+    model.head.bias.data = (counts / counts.sum()).log().float()
+    model = model.to(device).train()
+    opt = make_optimizer(model, p, device)
+    pos, resumed_from = Position(), None
+    compat = compatibility(config, vocab_fingerprint, p)
+
+    checkpoint = store.latest() if store is not None and p.resume else None
+    if checkpoint is not None:
+        meta = checkpoint.meta
+        if not {"compatibility", "position", "training"} <= set(meta):
+            raise CheckpointError(f"checkpoint {checkpoint.path} is not a training checkpoint of this project "
+                                  f"(state.json lacks its fields); set training.resume=false to start fresh.")
+        if meta["compatibility"] != compat:
+            raise CheckpointError(
+                f"checkpoint {checkpoint.path} was trained with a different model or vocabulary "
+                f"({_describe_mismatch(meta['compatibility'], compat)}), so it cannot be resumed. "
+                f"Set training.resume=false to start fresh (its checkpoints are deleted), or restore "
+                f"the parameters it was trained with."
+            )
+        try:
+            _restore(model, opt, checkpoint.tensors)
+            pos = Position(**meta["position"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored ({str(exc).splitlines()[0]}); "
+                                  f"set training.resume=false to start fresh.") from None
+        old = meta["training"]
+        if pos.step and (old["seed"], old["batch_size"]) != (p.seed, p.batch_size):
+            log.warning("seed or batch_size changed: the interrupted epoch %d is not finished, going on with "
+                        "epoch %d", pos.epoch + 1, pos.epoch + 2)
+            pos.epoch, pos.step, pos.epoch_loss, pos.epoch_tokens = pos.epoch + 1, 0, 0.0, 0
+        resumed_from = str(checkpoint.path)
+        log.info("resuming from %s: epoch %d, batch %d, %.1f min trained so far",
+                 checkpoint.path, pos.epoch + 1, pos.step, pos.elapsed_s / 60)
+    elif store is not None and not p.resume and store.latest() is not None:
+        log.info("training.resume=false: deleting the checkpoints in %s and starting fresh", store.folder)
+        store.clear()
+
+    if p.precision == "bf16" and device.type != "cuda":
+        log.warning("training.precision = 'bf16' applies on CUDA only; training in fp32 on %s", device)
+    batches = len(train)
+    fused = device.type != "cuda" if p.fused_head == "auto" else p.fused_head
+    log.info("training %s %d→%d×%d on %s (%d threads), %s: %d poems, %d tokens, %d batches per epoch",
+             config.cell, config.embedding_dim, config.hidden_dim, config.num_layers, device,
+             torch.get_num_threads(), p.precision if device.type == "cuda" else "fp32",
+             train.sequences, train.tokens, batches)
+
+    budget = p.max_minutes * 60 if p.max_minutes else math.inf
+    start = last_checkpoint = last_display = time.perf_counter()
+    session_tokens, stopped, trained_before = 0, "finished", pos.elapsed_s
+    running = torch.zeros((), device=device)  # NLL summed on the device since the last sync
+    segment_start, segment_tokens = start, 0  # for tokens/s of the current epoch in this run
+
+    def sync() -> None:
+        nonlocal running
+        pos.epoch_loss += running.item()
+        running = torch.zeros((), device=device)
+
+    def save(reason: str) -> None:
+        if store is None:
+            return
+        sync()
+        pos.elapsed_s = trained_before + time.perf_counter() - start
+        meta = {"compatibility": compat, "training": p.model_dump(), "position": asdict(pos), "reason": reason}
+        path = store.save(pos.global_step, meta, _state_tensors(model, opt))
+        log.info("checkpoint (%s): %s", reason, path)
+
+    def record(partial: bool) -> None:
+        sync()
+        seconds = time.perf_counter() - segment_start
+        val_loss = evaluate(model, val, device, p.precision) if val is not None else None
+        row = {
+            "epoch": round(pos.epoch + pos.step / batches, 3) if partial else pos.epoch,
+            "step": pos.global_step, "tokens": pos.tokens,
+            "elapsed_s": round(trained_before + time.perf_counter() - start, 1),
+            "train_loss": pos.epoch_loss / max(pos.epoch_tokens, 1),
+            "val_loss": val_loss, "val_perplexity": math.exp(val_loss) if val_loss is not None else None,
+            "tokens_per_s": round(segment_tokens / seconds) if seconds > 0 else None,
+        }
+        pos.history.append(row)
+        log.info("epoch %s: train loss %.3f, val loss %s, %s tokens/s", row["epoch"], row["train_loss"],
+                 f"{val_loss:.3f} (perplexity {row['val_perplexity']:.1f})" if val_loss is not None else "n/a",
+                 row["tokens_per_s"])
+
+    progress = _progress(p.epochs * batches)
+    task = progress.add_task("train", total=p.epochs * batches, completed=pos.epoch * batches + pos.step,
+                             epoch=f"{pos.epoch + 1}/{p.epochs}", loss="…", tps="…", eta="…")
+    try:
+        with progress:
+            while pos.epoch < p.epochs and stopped == "finished":
+                for batch in train.epoch(p.seed, pos.epoch, skip=pos.step):
+                    with autocast(device, p.precision):
+                        hidden, _ = model.features(batch.inputs)
+                        loss = head_nll(hidden, model.head, batch.targets, fused)
+                    opt.zero_grad(set_to_none=True)
+                    (loss / batch.tokens).backward()
+                    if p.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+                    opt.step()
+                    running += loss.detach()
+                    pos.step += 1
+                    pos.global_step += 1
+                    pos.tokens += batch.tokens
+                    pos.epoch_tokens += batch.tokens
+                    session_tokens += batch.tokens
+                    segment_tokens += batch.tokens
+                    if on_step is not None:
+                        on_step(pos, model)
+                    now = time.perf_counter()
+                    if now - last_display > 0.5:
+                        sync()
+                        last_display = now
+                        rate = session_tokens / (now - start)
+                        left = ((p.epochs - pos.epoch) * train.tokens - pos.epoch_tokens) / max(rate, 1e-9)
+                        progress.update(task, completed=pos.epoch * batches + pos.step,
+                                        epoch=f"{pos.epoch + 1}/{p.epochs}",
+                                        loss=f"{pos.epoch_loss / max(pos.epoch_tokens, 1):.3f}",
+                                        tps=f"{rate:,.0f}", eta=_clock(min(left, budget - (now - start))))
+                    if now - start > budget:
+                        stopped = "budget"
+                        break
+                    if p.checkpoint_minutes and now - last_checkpoint > p.checkpoint_minutes * 60:
+                        save("time")
+                        last_checkpoint = now
+                else:
+                    pos.epoch, pos.step = pos.epoch + 1, 0
+                    record(partial=False)
+                    pos.epoch_loss, pos.epoch_tokens = 0.0, 0
+                    segment_start, segment_tokens = time.perf_counter(), 0
+                    if pos.epoch % p.checkpoint_every == 0 or pos.epoch == p.epochs:
+                        save("epoch")
+                        last_checkpoint = time.perf_counter()
+    except KeyboardInterrupt:
+        save("interrupted")
+        log.warning("interrupted: training state saved; run again to continue from epoch %d, batch %d",
+                    pos.epoch + 1, pos.step)
+        raise
+    if stopped == "budget":
+        log.info("the %.3g-minute budget (training.max_minutes) is spent; run again to continue", p.max_minutes)
+        if pos.step:
+            record(partial=True)
+        save("budget")
+    elif not session_tokens:
+        log.info("already trained for %d epochs (training.epochs = %d): nothing to do; raise epochs to "
+                 "train longer", pos.epoch, p.epochs)
+    pos.elapsed_s = trained_before + time.perf_counter() - start
+    return Result(model, pos, stopped, resumed_from)
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,77 @@
+"""The training pipeline end to end through a KedroSession, on the fixture corpus, with a tiny model."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tangshi_pipeline.model import Artifact
+
+TINY = {"embedding_dim": 8, "hidden_dim": 16, "num_layers": 2, "dropout": 0.1, "batch_size": 2,
+        "epochs": 2, "max_minutes": None, "device": "cpu", "learning_rate": 0.01}
+
+
+def run(project, **overrides):
+    return project.run("training", params={"training": {**TINY, **overrides}})
+
+
+def load_model(project) -> Artifact:
+    return project.catalog().load("model")
+
+
+def test_training_pipeline_writes_a_versioned_model_metrics_history_and_curve(project):
+    project.run("data_processing")
+    run(project)
+    data = project.path / "data"
+    versions = sorted((data / "06_models/poet").iterdir())
+    assert len(versions) == 1 and (versions[0] / "poet/weights.safetensors").is_file()
+    artifact = load_model(project)
+    vocab = json.loads((data / "05_model_input/vocab.json").read_text("utf-8"))
+    assert artifact.vocab_fingerprint == vocab["fingerprint"]
+    assert artifact.model.config.hidden_dim == 16 and artifact.model.config.vocab_size == vocab["size"]
+    assert artifact.meta["training"]["epochs_done"] == 2 and artifact.meta["training"]["stopped"] == "finished"
+    assert artifact.meta["vocab"]["specials"]["start"] == "G"
+    assert artifact.meta["metrics"]["train_loss"] > 0
+    history = pd.read_csv(data / "08_reporting/training_history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    metrics = json.loads((data / "08_reporting/training_metrics.json").read_text("utf-8"))
+    assert set(metrics) >= {"val", "test"}
+    for split in ("val", "test"):  # the fixture corpus's splits may be empty: then null, not a crash
+        m = metrics[split]
+        assert (m["perplexity"] is None) == (m["tokens"] == 0)
+    assert (data / "08_reporting/training_curve.png").stat().st_size > 1000
+    assert list((data / "06_models/checkpoints").glob("step-*/state.safetensors"))
+
+
+def test_rerun_with_more_epochs_continues_and_matches_a_straight_run(project):
+    project.run("data_processing")
+    run(project, epochs=1)
+    run(project, epochs=3)  # continues from the epoch-1 checkpoint
+    resumed = load_model(project)
+    assert resumed.meta["training"]["resumed_from"] is not None
+    run(project, epochs=3, resume=False)  # deletes the checkpoints, trains from scratch
+    straight = load_model(project)
+    assert straight.meta["training"]["resumed_from"] is None
+    assert len(list((project.path / "data/06_models/poet").iterdir())) == 3  # every run is a version
+    for (k, a), (_, b) in zip(resumed.model.state_dict().items(), straight.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    history = pd.read_csv(project.path / "data/08_reporting/training_history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+
+
+def test_changed_shape_refuses_the_checkpoint_with_a_clear_message(project):
+    project.run("data_processing")
+    run(project, epochs=1)
+    with pytest.raises(Exception, match=r"hidden_dim: 16 → 24.*training.resume=false"):
+        run(project, epochs=1, hidden_dim=24)
+    run(project, epochs=1, hidden_dim=24, resume=False)
+    assert load_model(project).model.config.hidden_dim == 24
+
+
+def test_bad_training_parameter_is_named_before_any_node_runs(project):
+    project.run("data_processing")
+    with pytest.raises(Exception, match=r"training.cell = 'transformer'"):
+        run(project, cell="transformer")
+    assert not (project.path / "data/06_models/poet").exists()

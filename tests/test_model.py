@@ -1,0 +1,58 @@
+"""The model: shapes for every cell, raw logits (no ReLU), and the artifact round trip."""
+
+import json
+
+import pytest
+import torch
+from kedro.io import DatasetError, Version
+
+from tangshi_pipeline.datasets import ModelArtifact
+from tangshi_pipeline.model import Artifact, ArtifactError, CharRNN, ModelConfig, load_artifact, save_artifact
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_shapes_and_state(cell):
+    model = CharRNN(ModelConfig(50, cell=cell, embedding_dim=6, hidden_dim=10, num_layers=2, dropout=0.1))
+    logits, state = model(torch.randint(0, 50, (3, 7)))
+    assert logits.shape == (3, 7, 50)
+    more, _ = model(torch.randint(0, 50, (3, 1)), state)  # continues from the returned state
+    assert more.shape == (3, 1, 50)
+    hidden, _ = model.features(torch.randint(0, 50, (3, 7)))
+    assert hidden.shape == (3, 7, 10)
+
+
+def test_defaults_are_the_classic_size_and_logits_can_be_negative():
+    config = ModelConfig(7181)
+    assert (config.cell, config.embedding_dim, config.hidden_dim, config.num_layers) == ("lstm", 100, 128, 2)
+    torch.manual_seed(0)
+    logits, _ = CharRNN(ModelConfig(30, hidden_dim=8, embedding_dim=4))(torch.randint(0, 30, (2, 5)))
+    assert (logits < 0).any()  # no ReLU on the logits (the classic bug)
+
+
+def test_artifact_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(30, cell="gru", embedding_dim=4, hidden_dim=8, num_layers=1))
+    meta = {"vocab_fingerprint": "abc", "training": {"epochs": 2}, "metrics": {"val_loss": 3.2}}
+    dataset = ModelArtifact(str(tmp_path / "poet"), version=Version(None, None))
+    dataset.save(Artifact(model, meta))
+    loaded = ModelArtifact(str(tmp_path / "poet"), version=Version(None, None)).load()
+    assert loaded.meta == meta and loaded.model.config == model.config and not loaded.model.training
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    folder = next((tmp_path / "poet").iterdir()) / "poet"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "weights.safetensors"]
+    assert json.loads((folder / "config.json").read_text("utf-8"))["architecture"]["cell"] == "gru"
+
+
+def test_artifact_refuses_a_mismatched_config(tmp_path):
+    save_artifact(tmp_path, Artifact(CharRNN(ModelConfig(30, hidden_dim=8, embedding_dim=4))))
+    config = json.loads((tmp_path / "config.json").read_text("utf-8"))
+    config["architecture"]["hidden_dim"] = 9
+    (tmp_path / "config.json").write_text(json.dumps(config), "utf-8")
+    with pytest.raises(ArtifactError, match="does not match the architecture"):
+        load_artifact(tmp_path)
+
+
+def test_missing_model_names_the_command(tmp_path):
+    with pytest.raises(DatasetError, match="kedro run --pipeline=training"):
+        ModelArtifact(str(tmp_path / "poet"), version=Version(None, None)).load()
