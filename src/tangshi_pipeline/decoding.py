@@ -79,10 +79,49 @@ def greedy_refeed(model: CharRNN, vocab: Vocab, begin: str, max_length: int = 30
 
 
 def _select(state, keep: torch.Tensor):
-    """Keep some poems (batch rows) of a recurrent state: a tensor or an LSTM's (h, c)."""
+    """Keep some poems (batch rows) of a recurrent state: a list of per-layer (B, H) tensors
+    (:class:`_LSTMStep`), or nn.RNN/GRU's (layers, B, H) tensor or nn.LSTM's (h, c) pair of them."""
+    if isinstance(state, list):
+        return [x[keep] for x in state]
     if isinstance(state, tuple):
         return tuple(x[:, keep] for x in state)
     return state[:, keep]
+
+
+class _LSTMStep:
+    """One step of the model's LSTM from fused weights: per layer one ``addmm`` for the recurrent
+    part, and for the first layer a table of every token's input projection (embedding folded in).
+    ``nn.LSTM`` called on one time step spends most of its time in set-up, not arithmetic.
+    State: ``[h_0 … h_{L-1}, c_0 … c_{L-1}]``, each (B, H). Gate order as in PyTorch: i, f, g, o."""
+
+    def __init__(self, model: CharRNN):
+        rnn = model.rnn
+        self.layers = rnn.num_layers
+        w = lambda name: getattr(rnn, name).detach()  # noqa: E731
+        bias = [w(f"bias_ih_l{k}") + w(f"bias_hh_l{k}") for k in range(self.layers)]
+        self.table = torch.addmm(bias[0], model.embedding.weight.detach(), w("weight_ih_l0").t())
+        self.w_ih = [None] + [w(f"weight_ih_l{k}").t().contiguous() for k in range(1, self.layers)]
+        self.w_hh = [w(f"weight_hh_l{k}").t().contiguous() for k in range(self.layers)]
+        self.bias = bias
+        self.hidden = rnn.hidden_size
+
+    def __call__(self, token: torch.Tensor, state: list | None):
+        L = self.layers
+        if state is None:
+            zero = torch.zeros(len(token), self.hidden, device=token.device, dtype=self.table.dtype)
+            state = [zero] * (2 * L)
+        x = self.table[token]
+        new_h, new_c = [], []
+        for k in range(L):
+            gates = torch.addmm(x, state[k], self.w_hh[k])
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * state[L + k] + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            new_h.append(h)
+            new_c.append(c)
+            if k + 1 < L:
+                x = torch.addmm(self.bias[k + 1], h, self.w_ih[k + 1])
+        return h, new_h + new_c
 
 
 class Decoder:
@@ -100,7 +139,8 @@ class Decoder:
         self.vocab, self.prosody, self.device = vocab, prosody, torch.device(device)
         V, tokens, index = len(vocab), vocab.tokens, vocab.index
         dev = self.device
-        self.weight_t = self.model.head.weight.detach().t()
+        self._lstm = _LSTMStep(self.model) if isinstance(self.model.rnn, torch.nn.LSTM) else None
+        self.weight_t = self.model.head.weight.detach().t().contiguous()
         head_bias = self.model.head.bias.detach()
 
         def bias(mask: torch.Tensor) -> torch.Tensor:  # 0 where allowed, -inf elsewhere, + head bias
@@ -151,6 +191,8 @@ class Decoder:
 
     def _advance(self, token: torch.Tensor, state):
         """Feed one token per poem from the carried state; the top layer's output and new state."""
+        if self._lstm is not None:
+            return self._lstm(token, state)
         out, state = self.model.rnn(self.model.embedding(token[:, None]), state)
         return out[:, -1], state
 
