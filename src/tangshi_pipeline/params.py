@@ -8,7 +8,7 @@ the parameter, the value and the rule it broke.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -84,3 +84,43 @@ def validate_all(params: dict[str, Any]) -> None:
     for section, model in SCHEMAS.items():
         if section in params:
             parse(model, section, params[section])
+
+
+# ------------------------------------------------------------------------------------ generate
+
+FORM_LINES = {"wujue": 4, "qijue": 4, "wulv": 8, "qilv": 8}  # see prosody.FORMS
+
+
+class GenerateParams(Params):
+    begin_words: list[Char] = Field(default_factory=lambda: list("日红山夜湖君月"), min_length=1)
+    acrostic: Annotated[str, Field(min_length=1, max_length=16)] | None = None
+    form: Literal["free", "wujue", "qijue", "wulv", "qilv"] = "free"
+    strategy: Literal["greedy", "sample"] = "greedy"
+    temperature: float = Field(0.8, gt=0, le=10)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    num_samples: int = Field(1, ge=1, le=100_000)
+    max_length: int = Field(30, ge=1, le=200)
+    tones: Literal["loose", "strict"] = "loose"
+    rhyme: bool = False
+    seed: int = Field(42, ge=0)
+    batch_size: int = Field(1024, ge=1)
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.acrostic is not None and self.form in FORM_LINES and len(self.acrostic) != FORM_LINES[self.form]:
+            raise ValueError(
+                f"acrostic {self.acrostic!r} has {len(self.acrostic)} characters but form {self.form} has "
+                f"{FORM_LINES[self.form]} lines: give {FORM_LINES[self.form]} characters, or use form free "
+                f"(one line per character)"
+            )
+        if self.form == "free" and (self.tones == "strict" or self.rhyme):
+            raise ValueError(
+                "tones: strict and rhyme: true need a regular form (wujue, qijue, wulv or qilv); "
+                "form free has no tone template or rhyme scheme"
+            )
+        return self
+
+
+SCHEMAS["generate"] = GenerateParams

@@ -155,6 +155,20 @@ def build_rhyme_table(table: Mapping, to_simplified, source: str = "") -> dict:
     return {"source": source, "tone": PING, "groups": {g: "".join(cs) for g, cs in groups.items()}}
 
 
+def build_prosody(clean_poems, params: dict) -> tuple[dict, dict]:
+    """Node (data_processing): the tone lexicon from the clean poems' aligned tones, and the
+    level-tone rhyme groups of the 平水韵 table converted with the corpus's OpenCC config."""
+    import opencc
+
+    from tangshi_pipeline.params import DataProcessingParams, parse
+
+    p = parse(DataProcessingParams, "data_processing", params)
+    lexicon = build_tone_lexicon(clean_poems["text"].tolist(), clean_poems["tones"].tolist())
+    table, source = read_pingshui()
+    converter = opencc.OpenCC(p.opencc_config)
+    return lexicon, build_rhyme_table(table, converter.convert, source)
+
+
 # ------------------------------------------------------------------------------------ prosody
 
 
@@ -237,6 +251,7 @@ class Check:
     tone_positions: int        # strict positions in all
     rhymes: bool               # rhyming positions share a level-tone group
     rhyme_group: str | None
+    fits: tuple[tuple[bool | None, ...], ...] = ()  # per line and character: fits / breaks / free
 
     @property
     def tone_share(self) -> float:
@@ -260,13 +275,14 @@ def check(text: str, prosody: Prosody, form: str | None = None) -> Check:
     lines = clauses(text)
     best = None
     for t in templates(form):
-        matches = sum(prosody.fits(c, req) for line, pattern in zip(lines, t.lines)
-                      for c, req in zip(line, pattern) if req != FREE)
-        positions = sum(req != FREE for pattern in t.lines for req in pattern)
+        fits = tuple(tuple(None if req == FREE else prosody.fits(c, req) for c, req in zip(line, pattern))
+                     for line, pattern in zip(lines, t.lines))
+        matches = sum(f is True for row in fits for f in row)
+        positions = sum(f is not None for row in fits for f in row)
         group = _common_group(prosody, [line[-1] for line, r in zip(lines, t.rhymes) if r])
         key = (matches == positions and group is not None, matches, group is not None)
         if best is None or key > best[0]:
-            best = (key, t, matches, positions, group)
-    _, t, matches, positions, group = best
+            best = (key, t, matches, positions, group, fits)
+    _, t, matches, positions, group, fits = best
     return Check(form, format_ok(text, form), t.name, matches == positions, matches, positions,
-                 group is not None, prosody.group_names[group] if group is not None else None)
+                 group is not None, prosody.group_names[group] if group is not None else None, fits)
