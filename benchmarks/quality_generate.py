@@ -43,11 +43,14 @@ MODELS = DATA / "06_models/poet"
 BEGINS = list("日红山夜湖君月")
 
 
-def train_standin(vocab: Vocab, vectors: pd.DataFrame, minutes: float, seed: int = 0) -> Artifact:
+def train_standin(vocab: Vocab, vectors: pd.DataFrame, minutes: float, seed: int = 0,
+                  start: Artifact | None = None) -> Artifact:
     """A classic-size LSTM trained on the training split for ``minutes`` (Adam, batches of 64 poems
-    of similar length, the next-character cross-entropy). Not the training pipeline: a stand-in."""
+    of similar length, the next-character cross-entropy), from scratch or from ``start``.
+    Not the training pipeline: a stand-in."""
     torch.manual_seed(seed)
-    model = CharRNN(ModelConfig(len(vocab)))
+    model = start.model if start is not None else CharRNN(ModelConfig(len(vocab)))
+    before = start.meta.get("training", {}) if start is not None else {}
     train = vectors[vectors["split"] == "train"].reset_index(drop=True)  # sorted by length
     batches = [train["ids"].iloc[i:i + 64].tolist() for i in range(0, len(train), 64)]
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -61,20 +64,21 @@ def train_standin(vocab: Vocab, vectors: pd.DataFrame, minutes: float, seed: int
             width = max(map(len, rows))
             ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
             for r, seq in enumerate(rows):
-                ids[r, : len(seq)] = torch.as_tensor(seq)
+                ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             logits, _ = model(ids[:, :-1])
             step_loss = loss_fn(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
             optimiser.zero_grad()
             step_loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
-            steps, tokens, loss = steps + 1, tokens + int((ids[:, 1:] != PAD_ID).sum()), float(step_loss)
+            steps, tokens, loss = steps + 1, tokens + int((ids[:, 1:] != PAD_ID).sum()), step_loss.item()
             if steps % 50 == 0:
                 print(f"  stand-in training: step {steps}, loss {loss:.3f}, {tokens:,} tokens", flush=True)
             if time.time() >= deadline:
                 break
     meta = {"vocab_fingerprint": vocab.fingerprint,
-            "training": {"stand_in": True, "minutes": minutes, "steps": steps, "tokens": tokens,
+            "training": {"stand_in": True, "minutes": minutes + before.get("minutes", 0),
+                         "steps": steps + before.get("steps", 0), "tokens": tokens + before.get("tokens", 0),
                          "optimiser": "Adam 3e-3, batch 64 poems", "note": "benchmarks/quality_generate.py"},
             "metrics": {"last_train_loss": loss}}
     return Artifact(model.eval(), meta)
@@ -85,6 +89,7 @@ def main() -> None:
     ap.add_argument("--poems", type=int, default=210, help="poems per form and strategy (default 210)")
     ap.add_argument("--model", type=Path, help="a model version folder (default: the latest)")
     ap.add_argument("--train-standin", type=float, metavar="MINUTES", help="train a stand-in model first")
+    ap.add_argument("--resume", action="store_true", help="--train-standin continues the latest model")
     ap.add_argument("--quick", action="store_true", help="28 poems per form, for a smoke run")
     args = ap.parse_args()
     poems = 28 if args.quick else args.poems
@@ -94,7 +99,9 @@ def main() -> None:
     prosody = Prosody.from_json(json.loads((DATA / "05_model_input/tone_lexicon.json").read_text("utf-8")),
                                 json.loads((DATA / "05_model_input/rhyme_table.json").read_text("utf-8")))
     if args.train_standin:
-        ModelArtifact(str(MODELS), version=Version(None, None)).save(train_standin(vocab, vectors, args.train_standin))
+        latest = ModelArtifact(str(MODELS), Version(None, None)).load() if args.resume else None
+        trained = train_standin(vocab, vectors, args.train_standin, start=latest)
+        ModelArtifact(str(MODELS), version=Version(None, None)).save(trained)
     artifact = load_artifact(args.model) if args.model else ModelArtifact(str(MODELS), Version(None, None)).load()
     if artifact.vocab_fingerprint != vocab.fingerprint:
         raise SystemExit("the model was not trained on data/05_model_input/vocab.json")
