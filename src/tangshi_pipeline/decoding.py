@@ -138,6 +138,7 @@ class Decoder:
         self.model = model.to(device).eval()
         self.vocab, self.prosody, self.device = vocab, prosody, torch.device(device)
         V, tokens, index = len(vocab), vocab.tokens, vocab.index
+        self.index = index
         dev = self.device
         self._lstm = _LSTMStep(self.model) if isinstance(self.model.rnn, torch.nn.LSTM) else None
         self.weight_t = self.model.head.weight.detach().t().contiguous()
@@ -196,9 +197,13 @@ class Decoder:
         out, state = self.model.rnn(self.model.embedding(token[:, None]), state)
         return out[:, -1], state
 
-    def _ids(self, chars: list[str]) -> torch.Tensor:
-        index = self.vocab.index
-        return torch.tensor([index[c] for c in chars], dtype=torch.long, device=self.device)
+    def _heads(self, begins, acrostics, width: int) -> torch.Tensor:
+        """(B, width) ids of the characters forced at the start of each line; -1 where none."""
+        rows = []
+        for begin, acrostic in zip(begins, acrostics):
+            chars = list(acrostic) if acrostic else [begin] if begin else []
+            rows.append([self.index[c] for c in chars] + [-1] * (width - len(chars)))
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def _choose(self, h, bias, s: Settings, gen, mask=None, fallback_bias=None):
         """Next token per poem from the logits (bias: (V,) or (B, V), -inf = illegal) and an
@@ -253,11 +258,7 @@ class Decoder:
         lo, hi = FREE_LINE
         n_lines = torch.tensor([len(a) if a else 0 for a in acrostics], device=dev)
         width = max(1, int(n_lines.max()))
-        heads = torch.full((B, width), -1, dtype=torch.long, device=dev)
-        for b, (begin, acrostic) in enumerate(zip(begins, acrostics)):
-            chars = list(acrostic) if acrostic else [begin] if begin else []
-            if chars:
-                heads[b, : len(chars)] = self._ids(chars)
+        heads = self._heads(begins, acrostics, width)
         acro = n_lines > 0
         steps = max(0 if bool(acro.all()) else s.max_length, int(n_lines.max()) * (hi + 1) + 1)
         zeros = torch.zeros(B, dtype=torch.long, device=dev)
@@ -319,11 +320,7 @@ class Decoder:
         req = torch.tensor([[[_REQ[c] if s.strict_tones else 3 for c in line] for line in t.lines]
                             for t in temps], device=dev)                              # (K, lines, chars)
         rhymes = torch.tensor([t.rhymes for t in temps], device=dev) & bool(s.rhyme)  # (K, lines)
-        forced = torch.full((B, n_lines), -1, dtype=torch.long, device=dev)
-        for b, (begin, acrostic) in enumerate(zip(begins, acrostics)):
-            heads = list(acrostic) if acrostic else [begin] if begin else []
-            if heads:
-                forced[b, : len(heads)] = self._ids(heads)
+        forced = self._heads(begins, acrostics, n_lines)
         alive = torch.ones(B, K, dtype=torch.bool, device=dev)
         cand = torch.full((B, K), self.all_groups if constrained else 0, dtype=torch.long, device=dev)
         fallbacks = torch.zeros(B, dtype=torch.long, device=dev)
