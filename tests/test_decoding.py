@@ -119,3 +119,15 @@ def test_max_length_caps_a_free_poem(setup):
     vocab, _, decoder = setup
     out = decoder.generate(BEGINS, [None] * 7, Settings(max_length=12))
     assert all(len(t) <= 12 for t in out.texts)
+
+
+@pytest.mark.parametrize("width", [4, 3000])
+def test_top_p_keeps_the_smallest_set_reaching_p(width):
+    from tangshi_pipeline.decoding import _nucleus
+
+    probs = torch.linspace(2.0, 1.0, width) ** 4  # strictly decreasing
+    probs /= probs.sum()
+    needed = int((probs.cumsum(0) < 0.6).sum()) + 1  # tokens needed to reach 0.6
+    gen = torch.Generator().manual_seed(0)
+    drawn = _nucleus(probs.log().repeat(4000, 1), 0.6, gen)
+    assert int(drawn.max()) <= needed - 1 and int(drawn.max()) >= 0.9 * (needed - 1) and int(drawn.min()) == 0

@@ -228,28 +228,13 @@ class Decoder:
         if not s.top_k and s.top_p >= 1.0:  # plain temperature sampling over everything
             best = x.amax(-1)
             return _sample(torch.exp(x - best[:, None]), gen), best
-        # candidates: the top-k, or (top-p only) the top 64, widened to all where 64 fall short
-        vals, idx = x.topk(min(s.top_k or 64, x.shape[-1]), dim=-1)
-        best = vals[:, 0]
-        logp = vals.log_softmax(-1) if s.top_k else vals - x.logsumexp(-1, keepdim=True)
-        p = logp.exp()
+        if not s.top_k:  # top-p alone
+            return _nucleus(x, s.top_p, gen), x.amax(-1)
+        vals, idx = x.topk(min(s.top_k, x.shape[-1]), dim=-1)
+        p = vals.softmax(-1)  # renormalised over the top-k, then top-p on that
         if s.top_p < 1.0:
-            cum = p.cumsum(-1)
-            if not s.top_k:
-                short = (cum[:, -1] < s.top_p).nonzero()[:, 0]
-                if len(short):  # the nucleus is wider than 64 candidates: take the whole row
-                    full_vals, full_idx = x[short].sort(dim=-1, descending=True)
-                    full_p = (full_vals - x[short].logsumexp(-1, keepdim=True)).exp()
-                    full_p = full_p.masked_fill(full_p.cumsum(-1) - full_p >= s.top_p, 0.0)
-                    token = idx[:, 0].clone()
-                    token[short] = full_idx.gather(1, _sample(full_p, gen)[:, None])[:, 0]
-                    rest = torch.ones(len(x), dtype=torch.bool, device=x.device)
-                    rest[short] = False
-                    kept = p[rest].masked_fill(cum[rest] - p[rest] >= s.top_p, 0.0)
-                    token[rest] = idx[rest].gather(1, _sample(kept, gen)[:, None])[:, 0]
-                    return token, best
-            p = p.masked_fill(cum - p >= s.top_p, 0.0)  # keep the smallest prefix reaching top_p
-        return idx.gather(1, _sample(p, gen)[:, None])[:, 0], best
+            p = p.masked_fill(p.cumsum(-1) - p >= s.top_p, 0.0)
+        return idx.gather(1, _sample(p, gen)[:, None])[:, 0], vals[:, 0]
 
     # -------------------------------------------------------------------------- free form
 
@@ -398,6 +383,28 @@ class Decoder:
 def _tone_fits(tone: torch.Tensor, required: torch.Tensor) -> torch.Tensor:
     """tone codes (0 平, 1 仄, 2 either, 3 unknown) vs requirement codes (0 平, 1 仄, 3 free)."""
     return (required == 3) | (tone == 2) | (tone == required)
+
+
+def _nucleus(x: torch.Tensor, top_p: float, gen) -> torch.Tensor:
+    """Top-p sampling without sorting whole rows: the smallest set of tokens whose probability
+    reaches ``top_p`` is looked for among the top 64, then the top 1024, then the whole row."""
+    V = x.shape[-1]
+    log_z = x.logsumexp(-1, keepdim=True)
+    token = torch.empty(len(x), dtype=torch.long, device=x.device)
+    todo = torch.arange(len(x), device=x.device)
+    for k in (64, 1024, V):
+        k = min(k, V)
+        rows = x if len(todo) == len(x) else x[todo]
+        vals, idx = rows.topk(k, dim=-1) if k < V else rows.sort(dim=-1, descending=True)
+        p = (vals - log_z[todo]).exp()
+        cum = p.cumsum(-1)
+        done = cum[:, -1] >= top_p if k < V else torch.ones(len(todo), dtype=torch.bool, device=x.device)
+        p = p.masked_fill(cum - p >= top_p, 0.0)[done]
+        token[todo[done]] = idx[done].gather(1, _sample(p, gen)[:, None])[:, 0]
+        todo = todo[~done]
+        if not len(todo):
+            break
+    return token
 
 
 def _sample(weights: torch.Tensor, gen) -> torch.Tensor:
