@@ -21,7 +21,7 @@ from kedro.framework.hooks import hook_impl
 
 from tangshi_pipeline.cache import FORCE_ENV, CachedSession
 
-DP = ["flatten", "clean", "frame", "build_vocab", "vectorize"]
+DP = ["flatten", "clean", "build_prosody", "frame", "build_vocab", "vectorize"]
 
 
 class Recorder:
@@ -63,13 +63,13 @@ def test_second_run_skips_everything(project):
     assert run(project.path, "data_processing") == (DP, [])
     assert run(project.path, "data_processing") == ([], DP)
     records = sorted(p.name for p in (project.path / "data/.cache/nodes").glob("*.json"))
-    assert len(records) == 5
+    assert len(records) == len(DP)
 
 
 def test_parameter_of_last_node_reruns_only_it(project):
     run(project.path, "data_processing")
     ran, skipped = run(project.path, "data_processing", params={"data_processing": {"split_salt": "other"}})
-    assert ran == ["vectorize"] and skipped == DP[:4]
+    assert ran == ["vectorize"] and skipped == DP[:-1]
     assert run(project.path, "data_processing", params={"data_processing": {"split_salt": "other"}}) == ([], DP)
 
 
@@ -77,12 +77,12 @@ def test_cleaning_parameter_reruns_cleaning_and_downstream_and_never_reuses_stal
     run(project.path, "data_processing")
     assert report(project)["settings"]["max_length"] == 80
     ran, skipped = run(project.path, "data_processing", params={"data_processing": {"max_length": 20}})
-    assert ran == ["clean", "frame", "build_vocab", "vectorize"] and skipped == ["flatten"]
+    assert ran == DP[1:] and skipped == ["flatten"]
     assert report(project)["settings"]["max_length"] == 20
     assert report(project)["kept_poems"] < 7
     # Back to the default: the outputs now on disk are max_length=20's, so everything re-runs.
     ran, _ = run(project.path, "data_processing")
-    assert ran == ["clean", "frame", "build_vocab", "vectorize"]
+    assert ran == DP[1:]
     assert report(project)["settings"]["max_length"] == 80 and report(project)["kept_poems"] == 7
 
 

@@ -79,6 +79,8 @@ def viz_project(tmp_path_factory):
         for params in (None, {"data_processing": {"split_salt": "viz"}}):  # the 2nd run: 4 cached stages
             with CachedSession.create(project_path=root, runtime_params=params) as session:
                 session.run(pipeline_names=["data_processing"])
+        # Kedro loads only the pipelines a run asks for: re-read the registry for all of them.
+        pipelines.configure("tangshi_pipeline.pipeline_registry")
         registered = {name: p for name, p in pipelines.items()}
     return root, registered
 

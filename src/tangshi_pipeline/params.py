@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tangshi_pipeline.prosody import FORMS
+
 Char = Annotated[str, Field(min_length=1, max_length=1)]
 M = TypeVar("M", bound=BaseModel)
 
@@ -112,6 +114,44 @@ class TrainingParams(Params):
     resume: bool
 
 
-
-
 SCHEMAS["training"] = TrainingParams
+
+
+# ------------------------------------------------------------------------------------ generate
+
+
+
+class GenerateParams(Params):
+    begin_words: list[Char] = Field(min_length=1)
+    acrostic: Annotated[str, Field(min_length=1, max_length=16)] | None
+    form: Literal["free", "wujue", "qijue", "wulv", "qilv"]
+    strategy: Literal["greedy", "sample"]
+    temperature: float = Field(gt=0, le=10)
+    top_k: int = Field(ge=0)
+    top_p: float = Field(gt=0, le=1)
+    num_samples: int = Field(ge=1, le=100_000)
+    max_length: int = Field(ge=1, le=200)
+    tones: Literal["loose", "strict"]
+    rhyme: bool
+    seed: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    device: str
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        lines = FORMS[self.form][0] if self.form in FORMS else None
+        if self.acrostic is not None and lines is not None and len(self.acrostic) != lines:
+            raise ValueError(
+                f"acrostic {self.acrostic!r} has {len(self.acrostic)} characters but form {self.form} has "
+                f"{lines} lines: give {lines} characters, or use form free "
+                f"(one line per character)"
+            )
+        if self.form == "free" and (self.tones == "strict" or self.rhyme):
+            raise ValueError(
+                "tones: strict and rhyme: true need a regular form (wujue, qijue, wulv or qilv); "
+                "form free has no tone template or rhyme scheme"
+            )
+        return self
+
+
+SCHEMAS["generate"] = GenerateParams

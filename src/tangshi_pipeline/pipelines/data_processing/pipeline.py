@@ -1,5 +1,7 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
+from tangshi_pipeline.prosody import build_prosody
+
 from .nodes import build_vocab, clean_poems, flatten_corpus, frame_poems, vectorize
 
 
@@ -14,5 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(build_vocab, ["framed_poems", "params:data_processing"], "vocab", name="build_vocab"),
             node(vectorize, ["framed_poems", "vocab", "params:data_processing"],
                  ["vectors", "vectorize_report"], name="vectorize"),
+            node(build_prosody, ["clean_poems", "params:data_processing"], ["tone_lexicon", "rhyme_table"],
+                 name="build_prosody"),
         ]
     )
