@@ -65,8 +65,12 @@ def main() -> None:
     ap.add_argument("--classic-poems", type=int, default=64, help="poems timed with the classic loop")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); on a busy "
+                    "2-core box 1 thread is faster, as every parallel op waits for a descheduled thread")
     ap.add_argument("--quick", action="store_true", help="256 poems, 14 classic, 1 repeat")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.poems, args.classic_poems, args.repeats = 256, 14, 1
     vocab = Vocab.from_json(json.loads((DATA / "05_model_input/vocab.json").read_text("utf-8")))
@@ -107,7 +111,9 @@ def main() -> None:
         print(f"{name:40s} {rate:10,.0f} poems/s", flush=True)
     print(f"{'classic loop':40s} {classic_rate:10,.1f} poems/s ({which})")
     table.append(("model", which))
-    write_results("generate" if args.device == "cpu" else f"generate_{args.device}", results, table)
+    table.append(("torch threads", str(torch.get_num_threads())))
+    name = "generate" if args.device == "cpu" else f"generate_{args.device}"
+    write_results(name if not args.threads else f"{name}_threads{args.threads}", results, table)
 
 
 if __name__ == "__main__":
