@@ -96,7 +96,7 @@ def main() -> None:
                "no_change_ratio_runner": round(runner["no_change"] / runner["first_full"], 4),
                "changed_param": args.param, "repeats": repeats, "target_ratio": 0.05}
     write_results("cache", results, [
-        (f"repeats (wall = min over repeats; median in brackets)", str(repeats)),
+        ("repeats (wall = min over repeats; median in brackets)", str(repeats)),
         ("Kedro start-up (`kedro run` with a runner that does nothing), wall (s)",
          f"{med['startup']:.2f} ({median['startup']:.2f})"),
         ("first full run `kedro run --force`, wall (s)", f"{med['first_full']:.2f} ({median['first_full']:.2f})"),

@@ -32,7 +32,7 @@ from classic_baseline import ClassicPoet, train_classic  # noqa: E402
 from common import write_results  # noqa: E402
 
 from tangshi_pipeline.batching import Buckets, split_sequences  # noqa: E402
-from tangshi_pipeline.model import CharRNN, ModelConfig  # noqa: E402
+from tangshi_pipeline.model import ModelConfig  # noqa: E402
 from tangshi_pipeline.params import TrainingParams  # noqa: E402
 from tangshi_pipeline.training import evaluate, fit, set_threads  # noqa: E402
 from tangshi_pipeline.vocab import Vocab  # noqa: E402

@@ -39,6 +39,7 @@ from tangshi_pipeline.params import TrainingParams  # noqa: E402
 from tangshi_pipeline.training import evaluate, fit, resolve_device, set_threads  # noqa: E402
 from tangshi_pipeline.vocab import Vocab  # noqa: E402
 
+
 def speed_runs(small: int, large: int) -> list[tuple[int, str, bool]]:
     """(batch_size, precision, fused_head) of the tokens/s runs."""
     return [(small, "fp32", False), (small, "bf16", False), (large, "fp32", False), (large, "bf16", False),

@@ -12,7 +12,6 @@ import importlib
 import json
 import shutil
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest

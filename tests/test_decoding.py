@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from tangshi_pipeline.decoding import Decoder, Settings, greedy_refeed
 from tangshi_pipeline.prosody import FORMS, check, clauses, format_ok

@@ -7,7 +7,14 @@ import torch
 from kedro.io import DatasetError, Version
 
 from tangshi_pipeline.datasets import ModelArtifact
-from tangshi_pipeline.model import Artifact, ArtifactError, CharRNN, ModelConfig, load_artifact, save_artifact
+from tangshi_pipeline.model import (
+    Artifact,
+    ArtifactError,
+    CharRNN,
+    ModelConfig,
+    load_artifact,
+    save_artifact,
+)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -9,8 +9,19 @@ import opencc
 import pytest
 
 from tangshi_pipeline.prosody import (
-    EITHER, FORMS, PING, ZE, Prosody, build_rhyme_table, build_tone_lexicon, check, format_ok,
-    read_pingshui, sentences, shape_of, templates,
+    EITHER,
+    FORMS,
+    PING,
+    ZE,
+    Prosody,
+    build_rhyme_table,
+    build_tone_lexicon,
+    check,
+    format_ok,
+    read_pingshui,
+    sentences,
+    shape_of,
+    templates,
 )
 from tests.fixtures.poems import REAL
 

@@ -29,7 +29,6 @@ from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Ve
 from kedro.io.core import VersionNotFoundError
 from kedro_datasets._typing import JSONPreview, TablePreview
 from kedro_datasets.json import JSONDataset
-
 from safetensors import SafetensorError
 
 if TYPE_CHECKING:  # torch (through the model module) is imported on first use, not with the catalog
