@@ -131,3 +131,22 @@ def test_checkpoint_dataset_loads_a_store_and_previews_the_newest(tmp_path, data
     train, val = data
     fit(config(params()), "fp", train, val, params(epochs=1), dataset.load(), CPU)
     assert '"epoch": 1' in dataset.preview() and "history" not in dataset.preview()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data):
+    train, val = data
+    store = CheckpointStore(tmp_path / "nan")
+    p = params(epochs=3)
+    fit(config(p), "fp", train, val, params(epochs=1), store, CPU)  # a good checkpoint after epoch 1
+    good = store.latest()
+
+    def poison(pos, model):  # the weights blow up in the middle of epoch 2
+        if pos.global_step == len(train) + 2:
+            with torch.no_grad():
+                model.head.weight.fill_(float("nan"))
+
+    with pytest.raises(FloatingPointError, match=r"non-finite .* by global step \d+ .*step-0+\d+"):
+        fit(config(p), "fp", train, val, p, store, CPU, on_step=poison)
+    kept = store.latest()
+    assert kept.path == good.path  # nothing saved after the weights went bad
+    assert all(torch.isfinite(t).all() for k, t in kept.tensors.items() if t.is_floating_point())

@@ -115,6 +115,10 @@ def _describe_mismatch(old: dict, new: dict) -> str:
     return ", ".join(diffs)
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
 @dataclass
 class Position:
     """Where a run is: epochs done, batches done in the current epoch, totals."""
@@ -238,7 +242,16 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
 
     def sync() -> None:
         nonlocal running
-        pos.epoch_loss += running.item()
+        total = running.item()
+        if not math.isfinite(total):  # checked before anything is saved: no bad state is ever kept
+            good = store.latest() if store is not None else None
+            raise NonFiniteLoss(
+                f"the training loss became non-finite ({total}) by global step {pos.global_step} (epoch "
+                f"{pos.epoch + 1}, batch {pos.step}; checked every ~0.5 s). Nothing from this run after "
+                f"the last good checkpoint is saved: {good.path if good else 'there is none yet'}. Lower "
+                f"training.learning_rate or set training.grad_clip, then run again to resume from it."
+            )
+        pos.epoch_loss += total
         running = torch.zeros((), device=device)
 
     def save(reason: str) -> None:
