@@ -15,6 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests use tiny models: one thread is faster, and a busy 2-core box does not thrash."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def data_params() -> dict:
     return yaml.safe_load((ROOT / "conf/base/parameters_data_processing.yml").read_text("utf-8"))["data_processing"]

@@ -15,15 +15,6 @@ from tests.generate_helpers import pingshui_prosody, tiny_model
 BEGINS = list("日红山夜湖君月")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and a busy 2-core box does not thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup():
     vocab, prosody, _, _ = pingshui_prosody()

@@ -132,7 +132,7 @@ def test_kill_9_in_the_middle_of_training_then_rerun_resumes(project):
     assert not (project.path / "data/06_models/poet").exists() or not any((project.path / "data/06_models/poet").iterdir())
 
     rerun = subprocess.run([kedro, "run", "--pipeline=training", "--params",
-                            TINY + f",training.epochs=100000,training.max_minutes=0.02"],
+                            TINY + ",training.epochs=100000,training.max_minutes=0.02"],
                            cwd=project.path, env=env, capture_output=True, text=True, timeout=300)
     log = " ".join((rerun.stdout + rerun.stderr).split())
     assert rerun.returncode == 0, log[-2000:]
