@@ -2,6 +2,7 @@
 ranks resume together from one checkpoint, the shards cover every batch, and the pipeline trains
 on 2 ranks (training.world_size) into a loadable versioned model."""
 
+import json
 import os
 import socket
 from datetime import timedelta
@@ -44,7 +45,8 @@ def run_ranks(target, *args, timeout=90):
     for p in procs:
         if p.is_alive():
             p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD, "a rank failed or hung (its traceback is above)"
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * WORLD, f"ranks exited with {codes} (None: hung; their tracebacks are above)"
 
 
 def _rank(rank, port, target, args):
@@ -57,27 +59,61 @@ def _rank(rank, port, target, args):
         dist.destroy_process_group()
 
 
-def _one_step(rank, p, out):
+def _one_step(rank, optimizer, out):
     grads = {}
 
     def grab(pos, model):
         grads.update({f"grad.{n}": q.grad.clone() for n, q in model.named_parameters()})
 
+    p = step_params(optimizer, batch_size=4, world_size=WORLD)
     result = fit(config(p), "fp", Buckets(sequences(), 4), None, p, None, CPU, on_step=grab)
     assert result.position.global_step == 1 and result.position.tokens == 4 * 4 + 4 * 8
     weights = {f"weight.{k}": v for k, v in result.model.state_dict().items()}
-    save_file({**weights, **grads}, Path(out) / f"rank{rank}.safetensors")
+    save_file({**weights, **grads}, Path(out) / f"{optimizer}-rank{rank}.safetensors")
+
+
+def _resume(rank, out):
+    # dropout 0: rank 0 checkpoints its own RNG state only, so other ranks' dropout masks would differ
+    p = params(epochs=2, batch_size=4, dropout=0.0, world_size=WORLD)
+    seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
+            for i in range(30)]
+    straight = fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "a"), CPU)
+    store = CheckpointStore(Path(out) / "b")
+    first = fit(config(p), "fp", Buckets(seqs, 4), None, p.model_copy(update={"epochs": 1}), store, CPU)
+    resumed = fit(config(p), "fp", Buckets(seqs, 4), None, p, store, CPU)
+    report = {"first_resumed_from": first.resumed_from, "resumed_from": resumed.resumed_from,
+              "first_steps": first.position.global_step,
+              "same_weights": all(torch.equal(v, resumed.model.state_dict()[k])
+                                  for k, v in straight.model.state_dict().items()),
+              "straight_loss": [h["train_loss"] for h in straight.position.history],
+              "resumed_loss": [h["train_loss"] for h in resumed.position.history]}
+    (Path(out) / f"resume-rank{rank}.json").write_text(json.dumps(report))
+
+
+def _all_checks(rank, out):
+    for optimizer in ("adamw", "rmsprop"):
+        _one_step(rank, optimizer, out)
+    _resume(rank, out)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One 2-rank gloo run (spawning is the slow part) doing every check below; its outputs."""
+    out = tmp_path_factory.mktemp("ranks")
+    run_ranks(_all_checks, str(out))
+    return out
+
+
+def step_params(optimizer, **kw):
+    # No clipping (it would hide a wrongly scaled gradient), no dropout (masks differ by batch shape).
+    return params(optimizer=optimizer, epochs=1, dropout=0.0, grad_clip=None, **kw)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "rmsprop"])
-def test_two_ranks_step_equals_one_process_step_on_the_combined_batch(tmp_path, optimizer):
-    # No clipping (it would hide a wrongly scaled gradient), no dropout (masks differ by batch shape).
-    p = params(optimizer=optimizer, epochs=1, batch_size=4, dropout=0.0, grad_clip=None, world_size=WORLD)
-    run_ranks(_one_step, p, str(tmp_path))
-    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(WORLD)]
-
+def test_two_ranks_step_equals_one_process_step_on_the_combined_batch(two_ranks, optimizer):
+    ranks = [load_file(two_ranks / f"{optimizer}-rank{r}.safetensors") for r in range(WORLD)]
     single = {}
-    one = params(optimizer=optimizer, epochs=1, batch_size=8, dropout=0.0, grad_clip=None)
+    one = step_params(optimizer, batch_size=8)
     result = fit(config(one), "fp", Buckets(sequences(), 8), None, one, None, CPU,
                  on_step=lambda pos, model: single.update(
                      {f"grad.{n}": q.grad.clone() for n, q in model.named_parameters()}))
@@ -90,26 +126,15 @@ def test_two_ranks_step_equals_one_process_step_on_the_combined_batch(tmp_path, 
         torch.testing.assert_close(ranks[1][k], ranks[0][k], rtol=0, atol=0, msg=k)
 
 
-def _resume(rank, p, folder):
-    seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
-            for i in range(30)]
-    straight = fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(folder) / "a"), CPU)
-    store = CheckpointStore(Path(folder) / "b")
-    first = fit(config(p), "fp", Buckets(seqs, 4), None, p.model_copy(update={"epochs": 1}), store, CPU)
-    assert first.resumed_from is None
-    resumed = fit(config(p), "fp", Buckets(seqs, 4), None, p, store, CPU)
-    assert resumed.resumed_from is not None and resumed.resumed_from.endswith(f"step-{first.position.global_step:010d}")
-    for k, v in straight.model.state_dict().items():
-        assert torch.equal(v, resumed.model.state_dict()[k]), k
-    assert [h["train_loss"] for h in resumed.position.history] == \
-        pytest.approx([h["train_loss"] for h in straight.position.history], rel=1e-6)
-
-
-def test_ranks_resume_together_from_one_checkpoint(tmp_path):
-    # dropout 0: rank 0 checkpoints its own RNG state only, so dropout masks of other ranks would differ
-    run_ranks(_resume, params(epochs=2, batch_size=4, dropout=0.0, world_size=WORLD), str(tmp_path))
-    assert len(list((tmp_path / "b").glob("step-*"))) == 2  # rank 0 wrote; nothing half-written
-    assert not list((tmp_path / "b").glob(".*"))
+def test_ranks_resume_together_from_one_checkpoint(two_ranks):
+    for r in range(WORLD):
+        report = json.loads((two_ranks / f"resume-rank{r}.json").read_text())
+        assert report["first_resumed_from"] is None
+        assert report["resumed_from"].endswith(f"step-{report['first_steps']:010d}")  # the same one on each rank
+        assert report["same_weights"]
+        assert report["resumed_loss"] == pytest.approx(report["straight_loss"], rel=1e-6)
+    assert len(list((two_ranks / "b").glob("step-*"))) == 2  # rank 0 wrote; nothing half-written
+    assert not list((two_ranks / "b").glob(".*"))
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 7])

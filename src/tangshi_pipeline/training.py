@@ -377,6 +377,8 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     elif not session_tokens:
         log.info("already trained for %d epochs (training.epochs = %d): nothing to do; raise epochs to "
                  "train longer", pos.epoch, p.epochs)
+    if world > 1:
+        dist.barrier()  # rank 0's last checkpoint is on disk before any rank goes on (and may read it)
     pos.elapsed_s = trained_before + time.perf_counter() - start
     return Result(model, pos, stopped, resumed_from)
 
