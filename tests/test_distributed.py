@@ -5,6 +5,8 @@ on 2 ranks (training.world_size) into a loadable versioned model."""
 import json
 import os
 import socket
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -166,3 +168,20 @@ def test_pipeline_trains_on_two_ranks_into_a_versioned_model(project):
     assert len(list((project.path / "data/06_models/poet").iterdir())) == 1
     logits, _ = artifact.model(torch.tensor([[START_ID]]))
     assert torch.isfinite(logits).all()
+
+
+def test_torchrun_entry_point_runs_only_training_and_rank0_saves(project):
+    project.run("data_processing")
+    params = ("training.embedding_dim=8,training.hidden_dim=16,training.epochs=1,training.batch_size=4,"
+              "training.max_minutes=null,training.device=cpu,training.threads=1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "tangshi_pipeline.distributed", f"--params={params}"],
+                          cwd=project.path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    versions = list((project.path / "data/06_models/poet").iterdir())
+    assert len(versions) == 1  # saved once, by rank 0
+    artifact = project.catalog().load("model")
+    assert artifact.meta["training"]["world_size"] == 2 and artifact.meta["training"]["steps"] > 0
+    assert (project.path / "data/08_reporting/training_history.csv").is_file()
+    assert not (project.path / "data/08_reporting/training_metrics.json").exists()  # evaluate did not run
+    assert len(list((project.path / "data/06_models/checkpoints").glob("step-*"))) == 1

@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     training["world_size"] = world  # recorded in the checkpoints and the model's metadata
     with KedroSession.create(project_path=project, env=args.env, runtime_params=overrides) as session:
         catalog = session.load_context().catalog
+        if rank:  # Kedro's logging configuration is loaded by now: one rank's progress is enough
+            for name in ("kedro", "tangshi_pipeline"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         p = parse(TrainingParams, "training", catalog.load("params:training"))
         device = rank_device(p, local_rank)
         if device.type == "cuda":
