@@ -133,16 +133,38 @@ class Buckets:
         width = int(lengths.max())
         return Batch(self.data[bucket][rows_on_device, :width], int(lengths.sum()) - len(rows))
 
-    def epoch(self, seed: int, epoch: int, skip: int = 0) -> Iterator[Batch]:
-        """The shuffled batches of ``epoch`` (deterministic in ``seed`` and ``epoch``), from batch ``skip`` on."""
+    def _plan(self, seed: int, epoch: int) -> tuple[list, list[int]]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         plan = []
         for b, lengths in enumerate(self.lengths):
             perm = torch.randperm(len(lengths), generator=g)
             on_device = perm.to(self.data[b].device)
             plan += [(b, p, d) for p, d in zip(perm.split(self.batch_size), on_device.split(self.batch_size))]
-        for i in torch.randperm(len(plan), generator=g).tolist()[skip:]:
+        return plan, torch.randperm(len(plan), generator=g).tolist()
+
+    def epoch(self, seed: int, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """The shuffled batches of ``epoch`` (deterministic in ``seed`` and ``epoch``), from batch ``skip`` on."""
+        plan, order = self._plan(seed, epoch)
+        for i in order[skip:]:
             yield self._batch(*plan[i])
+
+    def steps(self, world: int) -> int:
+        """Optimizer steps per epoch when ``world`` ranks each take one batch per step."""
+        return -(-len(self) // world)
+
+    def shard(self, seed: int, epoch: int, rank: int, world: int, skip: int = 0) -> Iterator[tuple[Batch, int]]:
+        """Rank ``rank``'s batches of ``epoch`` for data-parallel training, from step ``skip`` on, each
+        with the predicted tokens of the whole step (all ranks' batches, known on every host).
+
+        Step ``s`` gives rank ``r`` batch ``s * world + r`` of :meth:`epoch`'s order; the order is
+        extended with its own first batches to a multiple of ``world`` (as torch's
+        DistributedSampler pads), so every rank takes the same number of steps.
+        """
+        plan, order = self._plan(seed, epoch)
+        order += (order * world)[: self.steps(world) * world - len(order)]
+        tokens = [int(self.lengths[plan[i][0]][plan[i][1]].sum()) - len(plan[i][1]) for i in order]
+        for s in range(skip, len(order) // world):
+            yield self._batch(*plan[order[s * world + rank]]), sum(tokens[s * world:(s + 1) * world])
 
     def ordered(self) -> Iterator[Batch]:
         """Every sequence once, in length order (for evaluation)."""

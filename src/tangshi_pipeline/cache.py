@@ -41,6 +41,9 @@ saved:
     cached per file by (size, mtime, inode) in ``data/.cache/files.json`` and trusted only when the
     file was last modified well before it was hashed. For a memory dataset: the fingerprint of the
     node that produces it.
+    A dataset whose class sets ``cache_role = "state"`` (``TrainingCheckpoints``) is the node's own
+    resumable state, not an input: its content is left out, so a finished training run is up to
+    date while an interrupted one (no record) re-runs and resumes from its checkpoint.
 ``config``
     The catalog description of every input and output dataset (type, path, load/save arguments,
     without the version) and the code of project dataset classes.
@@ -678,6 +681,8 @@ class CachedRunner(SequentialRunner):
 
     def _input_digest(self, name: str) -> str | None:
         dataset = self._dataset(name)
+        if getattr(dataset, "cache_role", None) == "state":
+            return "state"  # state the node keeps for itself (training checkpoints), not an input
         producer = self._producer.get(name)
         if _is_memory(dataset):
             if producer is not None and producer.name in self._fingerprint:

@@ -248,7 +248,13 @@ class CheckpointStore:
 
 
 class TrainingCheckpoints(AbstractDataset[CheckpointStore, None]):
-    """Loads as a :class:`CheckpointStore` on ``folder``; the training node saves through it."""
+    """Loads as a :class:`CheckpointStore` on ``folder``; the training node saves through it.
+
+    For the stage cache this is the training node's own state, not an input (``cache_role``): a
+    completed run is up to date; an interrupted one re-runs and continues from its checkpoint.
+    """
+
+    cache_role = "state"
 
     def __init__(self, folder: str, keep: int = 2, metadata: dict[str, Any] | None = None):
         self._folder = Path(folder)

@@ -112,6 +112,7 @@ class TrainingParams(Params):
     threads: int = Field(ge=0)
     seed: int
     resume: bool
+    world_size: int = Field(ge=1)
 
 
 SCHEMAS["training"] = TrainingParams

@@ -7,6 +7,10 @@ budget and checkpoints, and continues from the newest compatible checkpoint of a
 ``checkpoint_minutes``, when the budget runs out, on Ctrl-C and at the end, so a re-run (with the
 same or a larger ``epochs``) goes on from there. The loop only synchronises with the device for
 the progress display (about twice a second) and at epoch ends.
+
+Inside a ``torch.distributed`` process group (``distributed.py`` starts one) :func:`fit` trains
+data-parallel: each rank takes its share of every epoch's batches (:meth:`Buckets.shard`),
+DistributedDataParallel averages the gradients, and only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -115,6 +121,31 @@ def _describe_mismatch(old: dict, new: dict) -> str:
     return ", ".join(diffs)
 
 
+def ranks() -> tuple[int, int]:
+    """(rank, world size) of the process group this process trains in; (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _StepLoss(torch.nn.Module):
+    """The summed training NLL of a batch as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: CharRNN, fused: bool):
+        super().__init__()
+        self.model, self.fused = model, fused
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hidden, _ = self.model.features(inputs)
+        return head_nll(hidden, self.model.head, targets, self.fused)
+
+
+def _all_sum(x: float, device: torch.device) -> float:
+    t = torch.tensor(x, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
+
+
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
@@ -166,13 +197,13 @@ def _restore(model: CharRNN, opt: torch.optim.Optimizer, tensors: dict[str, torc
         torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
-def _progress(total: int) -> Progress:
+def _progress(total: int, quiet: bool = False) -> Progress:
     console = Console(stderr=True)
     return Progress(
         TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
         TextColumn("ETA {task.fields[eta]}"),
-        console=console, disable=not console.is_terminal, transient=True,
+        console=console, disable=quiet or not console.is_terminal, transient=True,
     )
 
 
@@ -192,6 +223,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     model = model.to(device).train()
     opt = make_optimizer(model, p, device)
     pos, resumed_from = Position(), None
+    rank, world = ranks()  # every rank reads the same checkpoint; only rank 0 writes
     compat = compatibility(config, vocab_fingerprint, p)
 
     checkpoint = store.latest() if store is not None and p.resume else None
@@ -214,25 +246,30 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
             raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored ({str(exc).splitlines()[0]}); "
                                   f"set training.resume=false to start fresh.") from None
         old = meta["training"]
-        if pos.step and (old["seed"], old["batch_size"]) != (p.seed, p.batch_size):
-            log.warning("seed or batch_size changed: the interrupted epoch %d is not finished, going on with "
+        if pos.step and (old["seed"], old["batch_size"], old.get("world_size", 1)) != (p.seed, p.batch_size, world):
+            log.warning("seed, batch_size or world_size changed: the interrupted epoch %d is not finished, going on with "
                         "epoch %d", pos.epoch + 1, pos.epoch + 2)
             pos.epoch, pos.step, pos.epoch_loss, pos.epoch_tokens = pos.epoch + 1, 0, 0.0, 0
+        if rank:
+            pos.epoch_loss = 0.0  # the saved sum is all ranks'; rank 0 carries it on
         resumed_from = str(checkpoint.path)
         log.info("resuming from %s: epoch %d, batch %d, %.1f min trained so far",
                  checkpoint.path, pos.epoch + 1, pos.step, pos.elapsed_s / 60)
-    elif store is not None and not p.resume and store.latest() is not None:
+    elif rank == 0 and store is not None and not p.resume and store.latest() is not None:
         log.info("training.resume=false: deleting the checkpoints in %s and starting fresh", store.folder)
         store.clear()
 
     if p.precision == "bf16" and device.type != "cuda":
         log.warning("training.precision = 'bf16' applies on CUDA only; training in fp32 on %s", device)
-    batches = len(train)
+    batches = train.steps(world)  # = len(train) on one process
     fused = device.type != "cuda" if p.fused_head == "auto" else p.fused_head
-    log.info("training %s %d→%d×%d on %s (%d threads), %s: %d poems, %d tokens, %d batches per epoch",
+    step_loss = _StepLoss(model, fused)
+    if world > 1:
+        step_loss = DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda" else None)
+    log.info("training %s %d→%d×%d on %s (%d threads%s), %s: %d poems, %d tokens, %d batches per epoch",
              config.cell, config.embedding_dim, config.hidden_dim, config.num_layers, device,
-             torch.get_num_threads(), p.precision if device.type == "cuda" else "fp32",
-             train.sequences, train.tokens, batches)
+             torch.get_num_threads(), f", rank {rank} of {world}" if world > 1 else "",
+             p.precision if device.type == "cuda" else "fp32", train.sequences, train.tokens, batches)
 
     budget = p.max_minutes * 60 if p.max_minutes else math.inf
     start = last_checkpoint = last_display = time.perf_counter()
@@ -254,24 +291,30 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
         pos.epoch_loss += total
         running = torch.zeros((), device=device)
 
-    def save(reason: str) -> None:
+    def save(reason: str, collective: bool = True) -> None:
         if store is None:
             return
         sync()
         pos.elapsed_s = trained_before + time.perf_counter() - start
-        meta = {"compatibility": compat, "training": p.model_dump(), "position": asdict(pos), "reason": reason}
+        saved = asdict(pos)
+        if world > 1 and collective:
+            saved["epoch_loss"] = _all_sum(pos.epoch_loss, device)
+        if rank:
+            return
+        meta = {"compatibility": compat, "training": p.model_dump(), "position": saved, "reason": reason}
         path = store.save(pos.global_step, meta, _state_tensors(model, opt))
         log.info("checkpoint (%s): %s", reason, path)
 
     def record(partial: bool) -> None:
         sync()
         seconds = time.perf_counter() - segment_start
-        val_loss = evaluate(model, val, device, p.precision) if val is not None else None
+        epoch_loss = _all_sum(pos.epoch_loss, device) if world > 1 else pos.epoch_loss
+        val_loss = evaluate(model, val, device, p.precision) if val is not None and rank == 0 else None
         row = {
             "epoch": round(pos.epoch + pos.step / batches, 3) if partial else pos.epoch,
             "step": pos.global_step, "tokens": pos.tokens,
             "elapsed_s": round(trained_before + time.perf_counter() - start, 1),
-            "train_loss": pos.epoch_loss / max(pos.epoch_tokens, 1),
+            "train_loss": epoch_loss / max(pos.epoch_tokens, 1),
             "val_loss": val_loss, "val_perplexity": math.exp(val_loss) if val_loss is not None else None,
             "tokens_per_s": round(segment_tokens / seconds) if seconds > 0 else None,
         }
@@ -280,28 +323,30 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                  f"{val_loss:.3f} (perplexity {row['val_perplexity']:.1f})" if val_loss is not None else "n/a",
                  row["tokens_per_s"])
 
-    progress = _progress(p.epochs * batches)
+    progress = _progress(p.epochs * batches, quiet=rank > 0)
     task = progress.add_task("train", total=p.epochs * batches, completed=pos.epoch * batches + pos.step,
                              epoch=f"{pos.epoch + 1}/{p.epochs}", loss="…", tps="…", eta="…")
     try:
         with progress:
             while pos.epoch < p.epochs and stopped == "finished":
-                for batch in train.epoch(p.seed, pos.epoch, skip=pos.step):
+                shard = (((b, b.tokens) for b in train.epoch(p.seed, pos.epoch, skip=pos.step)) if world == 1
+                         else train.shard(p.seed, pos.epoch, rank, world, skip=pos.step))
+                for batch, step_tokens in shard:  # step_tokens: the step's tokens over all ranks
                     with autocast(device, p.precision):
-                        hidden, _ = model.features(batch.inputs)
-                        loss = head_nll(hidden, model.head, batch.targets, fused)
+                        loss = step_loss(batch.inputs, batch.targets)
                     opt.zero_grad(set_to_none=True)
-                    (loss / batch.tokens).backward()
+                    # DDP averages the ranks' gradients: × world makes that the gradient of the step's mean NLL
+                    (loss * world / step_tokens).backward()
                     if p.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
                     opt.step()
                     running += loss.detach()
                     pos.step += 1
                     pos.global_step += 1
-                    pos.tokens += batch.tokens
-                    pos.epoch_tokens += batch.tokens
-                    session_tokens += batch.tokens
-                    segment_tokens += batch.tokens
+                    pos.tokens += step_tokens
+                    pos.epoch_tokens += step_tokens
+                    session_tokens += step_tokens
+                    segment_tokens += step_tokens
                     if on_step is not None:
                         on_step(pos, model)
                     now = time.perf_counter()
@@ -314,10 +359,14 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                                         epoch=f"{pos.epoch + 1}/{p.epochs}",
                                         loss=f"{pos.epoch_loss / max(pos.epoch_tokens, 1):.3f}",
                                         tps=f"{rate:,.0f}", eta=_clock(min(left, budget - (now - start))))
-                    if now - start > budget:
+                    over = now - start > budget
+                    due = bool(p.checkpoint_minutes) and now - last_checkpoint > p.checkpoint_minutes * 60
+                    if world > 1:  # all ranks stop and checkpoint at the same step: rank 0's clock decides
+                        over, due = _rank0_decides(over, due, pos.global_step, device)
+                    if over:
                         stopped = "budget"
                         break
-                    if p.checkpoint_minutes and now - last_checkpoint > p.checkpoint_minutes * 60:
+                    if due:
                         save("time")
                         last_checkpoint = now
                 else:
@@ -329,7 +378,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                         save("epoch")
                         last_checkpoint = time.perf_counter()
     except KeyboardInterrupt:
-        save("interrupted")
+        save("interrupted", collective=False)  # other ranks may be gone: rank 0's own loss sum
         log.warning("interrupted: training state saved; run again to continue from epoch %d, batch %d",
                     pos.epoch + 1, pos.step)
         raise
@@ -341,8 +390,19 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     elif not session_tokens:
         log.info("already trained for %d epochs (training.epochs = %d): nothing to do; raise epochs to "
                  "train longer", pos.epoch, p.epochs)
+    if world > 1:
+        dist.barrier()  # rank 0's last checkpoint is on disk before any rank goes on (and may read it)
     pos.elapsed_s = trained_before + time.perf_counter() - start
     return Result(model, pos, stopped, resumed_from)
+
+
+def _rank0_decides(over: bool, due: bool, step: int, device: torch.device, every: int = 16) -> tuple[bool, bool]:
+    """Rank 0's (budget spent, checkpoint due) on every rank, asked every ``every`` steps (a host sync)."""
+    if step % every:
+        return False, False
+    flags = torch.tensor([over, due], dtype=torch.int32, device=device)
+    dist.broadcast(flags, src=0)
+    return bool(flags[0]), bool(flags[1])
 
 
 def _clock(seconds: float) -> str:

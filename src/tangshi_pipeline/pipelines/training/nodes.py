@@ -13,7 +13,7 @@ from tangshi_pipeline.batching import Buckets, split_sequences
 from tangshi_pipeline.datasets import CheckpointStore
 from tangshi_pipeline.model import Artifact, ModelConfig
 from tangshi_pipeline.params import TrainingParams, parse
-from tangshi_pipeline.training import evaluate, fit, resolve_device, set_threads
+from tangshi_pipeline.training import evaluate, fit, ranks, resolve_device, set_threads
 from tangshi_pipeline.vocab import Vocab
 
 
@@ -27,23 +27,33 @@ def _device(p: TrainingParams) -> torch.device:
     device = resolve_device(p.device)
     if device.type == "cpu":
         set_threads(p.threads)
+    elif device.type == "cuda" and ranks()[1] > 1:  # under torchrun: this rank's GPU
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
 def train(vectors: pd.DataFrame, vocab: dict, params: dict, checkpoints: CheckpointStore
           ) -> tuple[Artifact, pd.DataFrame]:
-    """Train (or continue training) the poet on the train split; validation loss after each epoch."""
+    """Train (or continue training) the poet on the train split; validation loss after each epoch.
+    ``training.world_size > 1`` trains data-parallel on that many ranks started here (``distributed.py``)."""
     p = parse(TrainingParams, "training", params)
     vocab_ = Vocab.from_json(vocab)
     device = _device(p)
     train_seqs = split_sequences(vectors, "train")
     if not train_seqs:
         raise ValueError("the vectors table has no 'train' rows: check data_processing.split")
-    train_set = Buckets(train_seqs, p.batch_size, device)
     val_seqs = split_sequences(vectors, "val")
-    val_set = Buckets(val_seqs, _eval_batch(device), device) if val_seqs else None
     config = ModelConfig(len(vocab_), p.cell, p.embedding_dim, p.hidden_dim, p.num_layers, p.dropout)
-    result = fit(config, vocab_.fingerprint, train_set, val_set, p, checkpoints, device)
+    if p.world_size > 1 and ranks()[1] == 1:
+        from tangshi_pipeline.distributed import spawn_fit
+
+        threads = max(1, torch.get_num_threads() // p.world_size)  # the idle cores, shared
+        result = spawn_fit(config, vocab_.fingerprint, train_seqs, val_seqs, p, checkpoints, threads,
+                           _eval_batch(device))
+    else:
+        train_set = Buckets(train_seqs, p.batch_size, device)
+        val_set = Buckets(val_seqs, _eval_batch(device), device) if val_seqs else None
+        result = fit(config, vocab_.fingerprint, train_set, val_set, p, checkpoints, device)
     pos, last = result.position, (result.position.history or [{}])[-1]
     meta = {
         "vocab_fingerprint": vocab_.fingerprint,

@@ -1,0 +1,180 @@
+"""Data-parallel training with torch.distributed: the ranks, their devices, and two ways to start them.
+
+:func:`fit` trains data-parallel by itself inside a process group (each rank its share of the
+batches, gradients averaged by DistributedDataParallel, rank 0 writing checkpoints). This module
+starts the group:
+
+- :func:`spawn_fit`: ``training.world_size > 1`` makes the ``train`` node start that many ranks on
+  this machine (one per GPU with ``nccl``; processes with ``gloo`` on the CPU); rank 0 hands the
+  model back to the node and Kedro saves it once.
+- ``torchrun --nproc_per_node=N -m tangshi_pipeline.distributed [--params=...]``: every rank runs
+  only the ``train`` node, reading its inputs through the Kedro catalog; rank 0 saves ``model`` and
+  ``training_history`` through the catalog. torchrun's ``--nnodes`` and rendezvous options spread
+  the ranks over machines (README, "Distributed training").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tangshi_pipeline.batching import Buckets
+from tangshi_pipeline.datasets import CheckpointStore
+from tangshi_pipeline.model import CharRNN, ModelConfig
+from tangshi_pipeline.params import ParameterError, TrainingParams
+from tangshi_pipeline.training import Position, Result, fit, resolve_device
+
+log = logging.getLogger(__name__)
+TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a rank (validation runs on rank 0 alone)
+
+
+def rank_device(p: TrainingParams, local_rank: int) -> torch.device:
+    """The device of a rank: GPU ``local_rank`` on CUDA, else the CPU."""
+    device = resolve_device(p.device)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ParameterError(f"{local_rank + 1} ranks on this machine need as many GPUs, it has "
+                                 f"{torch.cuda.device_count()}; lower training.world_size (or --nproc_per_node).")
+        return torch.device("cuda", local_rank)
+    if device.type != "cpu":
+        raise ParameterError(f"distributed training runs on CUDA or the CPU, not {device.type}; "
+                             f"set training.device to cpu or training.world_size to 1.")
+    return device
+
+
+def backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_fit(config: ModelConfig, vocab_fingerprint: str, train: list[np.ndarray], val: list[np.ndarray],
+              p: TrainingParams, store: CheckpointStore | None, threads: int, eval_batch: int) -> Result:
+    """Train on ``p.world_size`` ranks started on this machine; rank 0's result (model on the CPU)."""
+    import torch.multiprocessing as mp
+
+    rank_device(p, p.world_size - 1)  # enough GPUs? (a clear error here rather than from a rank)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(free_port())
+    with tempfile.TemporaryDirectory(prefix="tangshi-ddp-") as out:
+        job = (config, vocab_fingerprint, train, val, p, store, threads, eval_batch, out)
+        mp.spawn(_spawned_rank, args=(p.world_size, job), nprocs=p.world_size, join=True)
+        from safetensors.torch import load_file
+
+        model = CharRNN(config)
+        model.load_state_dict(load_file(Path(out) / "model.safetensors"))
+        result = json.loads((Path(out) / "result.json").read_text("utf-8"))
+    return Result(model, Position(**result["position"]), result["stopped"], result["resumed_from"])
+
+
+def _spawned_rank(rank: int, world: int, job: tuple) -> None:
+    config, fingerprint, train_seqs, val_seqs, p, store, threads, eval_batch, out = job
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s rank {rank}/{world} %(name)s: %(message)s")
+    device = rank_device(p, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(threads)
+    dist.init_process_group(backend(device), rank=rank, world_size=world, timeout=TIMEOUT)
+    try:
+        train = Buckets(train_seqs, p.batch_size, device)
+        val = Buckets(val_seqs, eval_batch, device) if val_seqs else None
+        result = fit(config, fingerprint, train, val, p, store, device)
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
+                      Path(out) / "model.safetensors")
+            (Path(out) / "result.json").write_text(json.dumps(
+                {"position": asdict(result.position), "stopped": result.stopped,
+                 "resumed_from": result.resumed_from}), "utf-8")
+    finally:
+        dist.destroy_process_group()
+
+
+def _runtime_params(text: str | None) -> dict:
+    """``a.b=1,c=x`` (as ``kedro run --params``) → nested dict, values parsed as YAML scalars."""
+    import yaml
+
+    nested: dict = {}
+    for item in filter(None, (text or "").split(",")):
+        key, _, value = item.partition("=")
+        *parents, leaf = key.strip().split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return nested
+
+
+def main(argv: list[str] | None = None) -> None:
+    """torchrun entry point: every rank runs the ``train`` node only; rank 0 saves its outputs."""
+    parser = argparse.ArgumentParser(prog="torchrun ... -m tangshi_pipeline.distributed", description=main.__doc__)
+    parser.add_argument("--params", help="parameter overrides, as kedro run --params: training.epochs=3,...")
+    parser.add_argument("--env", help="Kedro configuration environment")
+    parser.add_argument("--project", default=".", help="Kedro project folder (default: the current one)")
+    args = parser.parse_args(argv)
+    if "RANK" not in os.environ:
+        raise SystemExit("start this with torchrun, e.g. torchrun --nproc_per_node=2 -m tangshi_pipeline.distributed")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s rank {rank}/{world} %(name)s: %(message)s")
+    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from tangshi_pipeline.params import parse
+    from tangshi_pipeline.pipelines.training.nodes import train
+    from tangshi_pipeline.training import _idle_cores
+
+    project = Path(args.project).resolve()
+    bootstrap_project(project)
+    overrides = _runtime_params(args.params)
+    training = overrides.setdefault("training", {})
+    training["world_size"] = world  # recorded in the checkpoints and the model's metadata
+    with KedroSession.create(project_path=project, env=args.env, runtime_params=overrides) as session:
+        catalog = session.load_context().catalog
+        if rank:  # Kedro's logging configuration is loaded by now: one rank's progress is enough
+            for name in ("kedro", "tangshi_pipeline"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+        p = parse(TrainingParams, "training", catalog.load("params:training"))
+        device = rank_device(p, local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        elif not p.threads:  # share the idle cores between this machine's ranks
+            idle = _idle_cores()
+            training["threads"] = max(1, int((idle if idle is not None else os.cpu_count() or 1) // local_world))
+        dist.init_process_group(backend(device), timeout=TIMEOUT)
+        try:
+            params = {**catalog.load("params:training"), **training}
+            model, history = train(catalog.load("vectors"), catalog.load("vocab"), params,
+                                   catalog.load("training_checkpoints"))
+            if rank == 0:
+                catalog.save("model", model)
+                catalog.save("training_history", history)
+                log.info("saved model and training_history; evaluate and plot with "
+                         "kedro run --pipeline=training --from-nodes=evaluate,plot_training_curve")
+        finally:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Data-parallel training: a step on 2 gloo ranks equals a single-process step on the combined batch,
+ranks resume together from one checkpoint, the shards cover every batch, and the pipeline trains
+on 2 ranks (training.world_size) into a loadable versioned model."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from tangshi_pipeline.batching import Buckets
+from tangshi_pipeline.datasets import CheckpointStore
+from tangshi_pipeline.model import Artifact
+from tangshi_pipeline.training import fit
+from tangshi_pipeline.vocab import END_ID, START_ID
+from tests.test_training import CPU, V, config, params
+
+WORLD = 2
+
+
+def sequences():
+    """8 poems: 4 of 5 tokens and 4 of 9, so a batch of 4 is one length and the two halves differ in tokens."""
+    rng = np.random.default_rng(1)
+    return [np.array([START_ID, *rng.integers(4, V, size=k), END_ID]) for k in [3] * 4 + [7] * 4]
+
+
+def run_ranks(target, *args, timeout=90):
+    """Run ``target(rank, *args)`` on WORLD spawned processes joined in a gloo group on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_rank, args=(r, port, target, args)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * WORLD, f"ranks exited with {codes} (None: hung; their tracebacks are above)"
+
+
+def _rank(rank, port, target, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
+    try:
+        target(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _one_step(rank, optimizer, out):
+    grads = {}
+
+    def grab(pos, model):
+        grads.update({f"grad.{n}": q.grad.clone() for n, q in model.named_parameters()})
+
+    p = step_params(optimizer, batch_size=4, world_size=WORLD)
+    result = fit(config(p), "fp", Buckets(sequences(), 4), None, p, None, CPU, on_step=grab)
+    assert result.position.global_step == 1 and result.position.tokens == 4 * 4 + 4 * 8
+    weights = {f"weight.{k}": v for k, v in result.model.state_dict().items()}
+    save_file({**weights, **grads}, Path(out) / f"{optimizer}-rank{rank}.safetensors")
+
+
+def _resume(rank, out):
+    # dropout 0: rank 0 checkpoints its own RNG state only, so other ranks' dropout masks would differ
+    p = params(epochs=2, batch_size=4, dropout=0.0, world_size=WORLD)
+    seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
+            for i in range(30)]
+    straight = fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "a"), CPU)
+    store = CheckpointStore(Path(out) / "b")
+    first = fit(config(p), "fp", Buckets(seqs, 4), None, p.model_copy(update={"epochs": 1}), store, CPU)
+    resumed = fit(config(p), "fp", Buckets(seqs, 4), None, p, store, CPU)
+    report = {"first_resumed_from": first.resumed_from, "resumed_from": resumed.resumed_from,
+              "first_steps": first.position.global_step,
+              "same_weights": all(torch.equal(v, resumed.model.state_dict()[k])
+                                  for k, v in straight.model.state_dict().items()),
+              "straight_loss": [h["train_loss"] for h in straight.position.history],
+              "resumed_loss": [h["train_loss"] for h in resumed.position.history]}
+    (Path(out) / f"resume-rank{rank}.json").write_text(json.dumps(report))
+
+
+def _all_checks(rank, out):
+    for optimizer in ("adamw", "rmsprop"):
+        _one_step(rank, optimizer, out)
+    _resume(rank, out)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One 2-rank gloo run (spawning is the slow part) doing every check below; its outputs."""
+    out = tmp_path_factory.mktemp("ranks")
+    run_ranks(_all_checks, str(out))
+    return out
+
+
+def step_params(optimizer, **kw):
+    # No clipping (it would hide a wrongly scaled gradient), no dropout (masks differ by batch shape).
+    return params(optimizer=optimizer, epochs=1, dropout=0.0, grad_clip=None, **kw)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "rmsprop"])
+def test_two_ranks_step_equals_one_process_step_on_the_combined_batch(two_ranks, optimizer):
+    ranks = [load_file(two_ranks / f"{optimizer}-rank{r}.safetensors") for r in range(WORLD)]
+    single = {}
+    one = step_params(optimizer, batch_size=8)
+    result = fit(config(one), "fp", Buckets(sequences(), 8), None, one, None, CPU,
+                 on_step=lambda pos, model: single.update(
+                     {f"grad.{n}": q.grad.clone() for n, q in model.named_parameters()}))
+    assert result.position.global_step == 1
+    single.update({f"weight.{k}": v for k, v in result.model.state_dict().items()})
+
+    assert set(ranks[0]) == set(single)
+    for k, v in single.items():
+        torch.testing.assert_close(ranks[0][k], v, rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(ranks[1][k], ranks[0][k], rtol=0, atol=0, msg=k)
+
+
+def test_ranks_resume_together_from_one_checkpoint(two_ranks):
+    for r in range(WORLD):
+        report = json.loads((two_ranks / f"resume-rank{r}.json").read_text())
+        assert report["first_resumed_from"] is None
+        assert report["resumed_from"].endswith(f"step-{report['first_steps']:010d}")  # the same one on each rank
+        assert report["same_weights"]
+        assert report["resumed_loss"] == pytest.approx(report["straight_loss"], rel=1e-6)
+    assert len(list((two_ranks / "b").glob("step-*"))) == 2  # rank 0 wrote; nothing half-written
+    assert not list((two_ranks / "b").glob(".*"))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_shards_cover_every_batch_in_equal_steps(world):
+    seqs = [np.array([START_ID, *[5] * k, END_ID]) for k in [1, 2, 2, 3, 5, 5, 5, 8, 9, 9, 9, 9, 12]]
+    buckets = Buckets(seqs, 2)
+    whole = [b.ids.tolist() for b in buckets.epoch(7, 3)]
+    shards = [list(buckets.shard(7, 3, r, world)) for r in range(world)]
+    assert {len(s) for s in shards} == {buckets.steps(world)}
+    steps = [[shards[r][s] for r in range(world)] for s in range(buckets.steps(world))]
+    flat = [batch.ids.tolist() for step in steps for batch, _ in step]
+    assert flat[: len(whole)] == whole and flat[len(whole):] == whole[: len(flat) - len(whole)]
+    for step in steps:
+        assert {t for _, t in step} == {sum(b.tokens for b, _ in step)}
+    assert list(buckets.shard(7, 3, 0, world, skip=1)) and \
+        [b.ids.tolist() for b, _ in buckets.shard(7, 3, 0, world, skip=1)] == [b.ids.tolist() for b, _ in shards[0][1:]]
+
+
+def test_pipeline_trains_on_two_ranks_into_a_versioned_model(project):
+    project.run("data_processing")
+    tiny = {"training.embedding_dim": 8, "training.hidden_dim": 16, "training.epochs": 2,
+            "training.batch_size": 4, "training.max_minutes": None, "training.device": "cpu",
+            "training.threads": 1, "training.world_size": 2}
+    project.run("training", params=tiny)
+    artifact = project.catalog().load("model")
+    assert isinstance(artifact, Artifact)
+    assert artifact.meta["training"]["world_size"] == 2 and artifact.meta["training"]["epochs_done"] == 2
+    assert artifact.meta["metrics"]["train_loss"] > 0
+    assert len(list((project.path / "data/06_models/poet").iterdir())) == 1
+    logits, _ = artifact.model(torch.tensor([[START_ID]]))
+    assert torch.isfinite(logits).all()
+
+
+def test_torchrun_entry_point_runs_only_training_and_rank0_saves(project):
+    project.run("data_processing")
+    params = ("training.embedding_dim=8,training.hidden_dim=16,training.epochs=1,training.batch_size=4,"
+              "training.max_minutes=null,training.device=cpu,training.threads=1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "tangshi_pipeline.distributed", f"--params={params}"],
+                          cwd=project.path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    versions = list((project.path / "data/06_models/poet").iterdir())
+    assert len(versions) == 1  # saved once, by rank 0
+    artifact = project.catalog().load("model")
+    assert artifact.meta["training"]["world_size"] == 2 and artifact.meta["training"]["steps"] > 0
+    assert (project.path / "data/08_reporting/training_history.csv").is_file()
+    assert not (project.path / "data/08_reporting/training_metrics.json").exists()  # evaluate did not run
+    assert len(list((project.path / "data/06_models/checkpoints").glob("step-*"))) == 1
