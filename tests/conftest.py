@@ -26,9 +26,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def shipped_params(section: str) -> dict:
+    """The ``section`` of conf/base/parameters_<section>.yml: the project's only source of defaults."""
+    return yaml.safe_load((ROOT / f"conf/base/parameters_{section}.yml").read_text("utf-8"))[section]
+
+
 @pytest.fixture
 def data_params() -> dict:
-    return yaml.safe_load((ROOT / "conf/base/parameters_data_processing.yml").read_text("utf-8"))["data_processing"]
+    return shipped_params("data_processing")
 
 
 @pytest.fixture
@@ -71,20 +76,27 @@ class Project:
             return session.load_context().catalog
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Project:
-    from kedro.framework.startup import bootstrap_project
-
-    root = tmp_path / "project"
+def lay_out_project(root: Path) -> Path:
+    """A throw-away Kedro project at ``root``: the project's conf (no local), pyproject.toml,
+    .telemetry, the data layers and the fixture corpus (chinese-poetry layout and a poems.txt)."""
     shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf/local").mkdir()
-    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(ROOT / name, root / name)
     (root / "src").mkdir()  # the package itself is installed (editable) in the venv
     for layer in ("01_raw", "02_intermediate", "03_primary", "05_model_input", "06_models",
                   "07_model_output", "08_reporting"):
         (root / "data" / layer).mkdir(parents=True)
     write_corpus(root / "data/01_raw/tang")
     (root / "data/01_raw/poems.txt").write_text(CLASSIC_POEMS_TXT, "utf-8", newline="")
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Project:
+    from kedro.framework.startup import bootstrap_project
+
+    root = lay_out_project(tmp_path / "project")
     monkeypatch.chdir(root)
     bootstrap_project(root)
     return Project(root)

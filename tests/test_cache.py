@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from kedro.framework.hooks import hook_impl
 
 from tangshi_pipeline.cache import FORCE_ENV, CachedSession
+from tests.conftest import shipped_params
 
 DP = ["flatten", "clean", "build_prosody", "frame", "build_vocab", "vectorize"]
 
@@ -337,8 +337,7 @@ def test_parameter_tracker_records_field_reads_and_whole_object_access():
 
     tracker = ParamTracker(SCHEMAS)
     n = node(lambda p: p, "params:data_processing", "out", name="n")
-    conf = Path(__file__).resolve().parents[1] / "conf/base/parameters_data_processing.yml"
-    full = yaml.safe_load(conf.read_text("utf-8"))["data_processing"]
+    full = shipped_params("data_processing")
     given = tracker.before_node_run(n, {"params:data_processing": {**full, "min_length": 3}})["params:data_processing"]
     p = parse(DataProcessingParams, "data_processing", given)
     assert p is given and p.min_length == 3 and p["split_salt"] == "tangshi" and p.get("nope", 1) == 1

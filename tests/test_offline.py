@@ -26,7 +26,6 @@ def _can_isolate_network() -> bool:
 
 @pytest.mark.skipif(not _can_isolate_network(), reason="cannot create a network namespace here (unshare -n)")
 def test_data_processing_runs_with_no_network_at_all(project):
-    shutil.copy(ROOT / ".telemetry", project.path / ".telemetry")
     kedro = str(Path(sys.executable).with_name("kedro"))
     env = {k: v for k, v in os.environ.items() if k != "KEDRO_DISABLE_TELEMETRY"}  # rely on .telemetry
     result = subprocess.run(["unshare", "-n", kedro, "run", "--pipeline=data_processing"], cwd=project.path,

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tangshi_pipeline.pipelines.data_processing.nodes import (
     build_vocab,
@@ -18,6 +17,7 @@ from tangshi_pipeline.pipelines.data_processing.nodes import (
     frame_poems,
     vectorize,
 )
+from tests.conftest import shipped_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data/01_raw/tang"
@@ -31,7 +31,7 @@ pytestmark = [
 def processed():
     from kedro_datasets.partitions import PartitionedDataset
 
-    params = yaml.safe_load((ROOT / "conf/base/parameters_data_processing.yml").read_text("utf-8"))["data_processing"]
+    params = shipped_params("data_processing")
     raw = PartitionedDataset(path=str(RAW), dataset="json.JSONDataset", filename_suffix=".json").load()
     poems, ingest = flatten_corpus(raw, params)
     clean, report = clean_poems(poems, ingest, params)

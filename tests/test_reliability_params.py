@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tangshi_pipeline.params import ParameterError, validate_all
+from tests.conftest import shipped_params
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = {section: yaml.safe_load((ROOT / f"conf/base/parameters_{section}.yml").read_text("utf-8"))[section]
+DEFAULTS = {section: shipped_params(section)
             for section in ("data_processing", "training", "generate")}
 
 

@@ -1,12 +1,10 @@
 """The training loop: resume after an interruption gives the weights of an uninterrupted run,
 incompatible checkpoints are refused, checkpoints are complete and pruned."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from tangshi_pipeline.batching import Buckets
 from tangshi_pipeline.datasets import CheckpointError, CheckpointStore
@@ -14,6 +12,7 @@ from tangshi_pipeline.model import ModelConfig
 from tangshi_pipeline.params import ParameterError, TrainingParams
 from tangshi_pipeline.training import fit, resolve_device
 from tangshi_pipeline.vocab import END_ID, START_ID
+from tests.conftest import shipped_params
 
 V = 30
 CPU = torch.device("cpu")
@@ -26,8 +25,7 @@ def data():
     return Buckets(seqs[:32], 5), Buckets(seqs[32:], 8)
 
 
-DEFAULTS = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf/base/parameters_training.yml")
-                          .read_text("utf-8"))["training"]
+DEFAULTS = shipped_params("training")
 
 
 def params(**kw):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.poems import write_corpus
+from tests.conftest import lay_out_project
 
 ROOT = Path(__file__).resolve().parents[1]
 KEDRO = str(Path(sys.executable).with_name("kedro"))
@@ -66,12 +66,7 @@ def viz_project(tmp_path_factory):
     from tangshi_pipeline.cache import CachedSession
 
     root = tmp_path_factory.mktemp("viz") / "project"
-    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf/local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(ROOT / name, root / name)
-    (root / "src").mkdir()
-    write_corpus(root / "data/01_raw/tang")
+    lay_out_project(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         bootstrap_project(root)
