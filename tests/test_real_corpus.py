@@ -54,18 +54,28 @@ def test_raw_corpus_has_every_tang_poem(processed):
 
 def test_cleaned_corpus_figures(processed):
     _, _, clean, report, vocab, vectors, summary = processed
-    # t2s + the classic filters keep 45,505 poems (DESIGN.md's figure); exact-duplicate removal
-    # then drops 831 more texts (the same poem filed under two titles or authors).
-    assert report["kept_poems"] == 44_674
+    # t2s + the filters (the classic ones and the lost-character marks) keep 45,319 poems;
+    # exact-duplicate removal then drops 831 more texts (one poem filed under two titles or authors).
+    assert report["kept_poems"] == 44_488
     assert report["dropped"]["duplicate_text"]["count"] == 831
-    assert report["kept_poems"] + report["dropped"]["duplicate_text"]["count"] == 45_505
-    # 2.04 M characters of text; with the G/E framing 2.13 M tokens (DESIGN.md's 2.16 M counts the
-    # 831 duplicates too). 7,177 distinct characters + 4 specials = 7,181 vocabulary entries.
-    assert report["characters"] == 2_042_278
-    assert report["distinct_characters"] == 7_177
-    assert vocab["size"] == 7_181
-    assert sum(summary[s]["tokens"] for s in ("train", "val", "test")) == 2_042_278 + 2 * 44_674
+    assert report["dropped"]["forbidden_character"]["by_character"] == {
+        "（": 4_591, "《": 3_168, "[": 887, "□": 444, "囗": 28, "●": 17}
+    # 2.03 M characters of text; with the G/E framing 2.12 M tokens (DESIGN.md's 2.16 M counts the
+    # duplicates and the poems with lost characters too). 7,164 characters + 4 specials = 7,168.
+    assert report["characters"] == 2_032_974
+    assert report["distinct_characters"] == 7_164
+    assert vocab["size"] == 7_168
+    assert sum(summary[s]["tokens"] for s in ("train", "val", "test")) == 2_032_974 + 2 * 44_488
+    assert not clean["text"].str.contains("□|囗|●").any()
     # 94/3/3 by id hash: within half a percentage point of the target fractions.
     for split, share in (("train", 0.94), ("val", 0.03), ("test", 0.03)):
         assert abs(summary[split]["poems"] / len(vectors) - share) < 0.005
     assert clean["text"].str.len().between(5, 80).all()
+
+
+def test_classic_filters_keep_designs_figure(processed):
+    """Only the classic exercise's filters, no duplicate removal: DESIGN.md's 45,505 poems."""
+    poems, ingest, *_ = processed
+    params = shipped_params("data_processing") | {"drop_if_contains": ["_", "(", "（", "《", "["], "dedupe": False}
+    _, report = clean_poems(poems, ingest, params)
+    assert report["kept_poems"] == 45_505
