@@ -124,3 +124,68 @@ def test_top_p_keeps_the_smallest_set_reaching_p(width):
     gen = torch.Generator().manual_seed(0)
     drawn = _nucleus(probs.log().repeat(4000, 1), 0.6, gen)
     assert int(drawn.max()) <= needed - 1 and int(drawn.max()) >= 0.9 * (needed - 1) and int(drawn.min()) == 0
+
+
+def _repeated_pairs(text: str) -> int:
+    pairs = [c[i:i + 2] for c in clauses(text) for i in range(len(c) - 1)]
+    return len(pairs) - len(set(pairs))
+
+
+def test_repeats_finds_what_would_repeat_an_ngram(setup):
+    vocab, _, decoder = setup
+    ids = lambda s: [vocab.index[c] for c in s]  # noqa: E731
+    history = torch.tensor([ids("吹春风吹春风，春"), ids("山水山水，水山水")])
+    pad = 0
+    pairs = decoder._repeats(history, 2)  # after 春: 风 (春风 seen); after 水: 山 (水山 seen, not 水，)
+    assert sorted(set(pairs[0].tolist()) - {pad}) == ids("风")
+    assert sorted(set(pairs[1].tolist()) - {pad}) == ids("山")
+    triples = decoder._repeats(history, 3)  # ，春 → nothing (punctuation); 山水 → 山 (山水山 seen)
+    assert set(triples[0].tolist()) == {pad} and set(triples[1].tolist()) - {pad} == set(ids("山"))
+    singles = set(decoder._repeats(history, 1)[0].tolist()) - {pad}
+    assert singles == set(ids("春风吹"))  # every character so far, never punctuation
+    assert decoder._repeats(history[:, :1], 3) is None
+
+
+@pytest.mark.parametrize("form", ["free", "qilv"])
+def test_no_repeat_ngram_never_repeats_a_pair_within_a_poem(setup, form):
+    vocab, prosody, decoder = setup
+    model = tiny_model(len(vocab), seed=5)
+    with torch.no_grad():  # a strong favourite: without the rule the poems repeat it over and over
+        model.head.bias[vocab.index["风"]] += 6.0
+        model.head.bias[vocab.index["花"]] += 6.0
+    decoder = Decoder(model, vocab, prosody)
+    begins = [BEGINS[i % 7] for i in range(30)]
+    for strategy in ("greedy", "sample"):
+        kw = dict(form=form, strategy=strategy, seed=3, max_length=40, top_k=50)
+        plain = decoder.generate(begins, [None] * 30, Settings(**kw))
+        assert sum(_repeated_pairs(t) for t in plain.texts) > 30, plain.texts[:3]
+        pairs = decoder.generate(begins, [None] * 30, Settings(no_repeat_ngram=2, **kw))
+        assert all(_repeated_pairs(t) == 0 for t in pairs.texts), pairs.texts
+        singles = decoder.generate(begins, [None] * 30, Settings(no_repeat_ngram=1, **kw))
+        for text in singles.texts:
+            chars = "".join(clauses(text))
+            assert len(set(chars)) == len(chars), text
+        if form != "free":
+            assert all(format_ok(t, form) for t in pairs.texts + singles.texts)
+
+
+@pytest.mark.parametrize("form", ["wujue", "qilv"])
+def test_rhyme_never_repeats_a_rhyme_character(setup, form):
+    vocab, prosody, _ = setup
+    model = tiny_model(len(vocab), seed=2)
+    favourite = vocab.index["楼"]  # 平, 下平十一尤: the model wants it at every position
+    with torch.no_grad():
+        model.head.bias[favourite] += 8.0
+    decoder = Decoder(model, vocab, prosody)
+    begins = [BEGINS[i % 7] for i in range(20)]
+    s = Settings(form=form, strict_tones=True, rhyme=True, seed=1)
+    out = decoder.generate(begins, [None] * 20, s)
+    assert sum(out.fallbacks) == 0
+    for text in out.texts:
+        result = check(text, prosody, form)
+        assert result.rhymes and not result.rhyme_repeated and result.conforms, text
+    # the checker fails a poem that does repeat one (so the assertion above can fail)
+    n_lines, n_chars = FORMS[form]
+    lines = [("日" * (n_chars - 1)) + "楼" for _ in range(n_lines)]
+    repeated = "".join(line + ("，" if i % 2 == 0 else "。") for i, line in enumerate(lines))
+    assert check(repeated, prosody, form).rhyme_repeated

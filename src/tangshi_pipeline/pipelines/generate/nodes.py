@@ -58,7 +58,7 @@ def _check_inputs(model: Artifact, vocab: Vocab, p: GenerateParams) -> None:
 def settings_of(p: GenerateParams) -> Settings:
     return Settings(form=p.form, strategy=p.strategy, temperature=p.temperature, top_k=p.top_k,
                     top_p=p.top_p, max_length=p.max_length, strict_tones=p.tones == "strict",
-                    rhyme=p.rhyme, seed=p.seed)
+                    rhyme=p.rhyme, no_repeat_ngram=p.no_repeat_ngram, seed=p.seed)
 
 
 def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table: dict,
