@@ -1,12 +1,14 @@
 """Data-parallel training: a step on 2 gloo ranks equals a single-process step on the combined batch,
-ranks resume together from one checkpoint, the shards cover every batch, and the pipeline trains
-on 2 ranks (training.world_size) into a loadable versioned model."""
+ranks resume together from one checkpoint, a non-finite loss on one rank stops every rank with the
+same clear error, the shards cover every batch, and the pipeline trains on 2 ranks
+(training.world_size) into a loadable versioned model."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tangshi_pipeline.batching import Buckets
 from tangshi_pipeline.datasets import CheckpointStore
 from tangshi_pipeline.model import Artifact
-from tangshi_pipeline.training import fit
+from tangshi_pipeline.training import NonFiniteLoss, fit
 from tangshi_pipeline.vocab import END_ID, START_ID
 from tests.test_training import CPU, V, config, params
 
@@ -92,10 +94,31 @@ def _resume(rank, out):
     (Path(out) / f"resume-rank{rank}.json").write_text(json.dumps(report))
 
 
+def _non_finite(rank, out):
+    p = params(epochs=3, batch_size=4, dropout=0.0, checkpoint_every=1, world_size=WORLD)
+    seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
+            for i in range(40)]
+
+    def poison(pos, model):  # rank 1 only, in epoch 2: its weights blow up, then it is slow
+        if rank == 1 and pos.epoch == 1 and pos.step == 2:
+            with torch.no_grad():
+                model.head.weight.fill_(float("nan"))
+        if rank == 1 and pos.epoch == 1 and pos.step == 3:
+            time.sleep(0.6)  # its own ~0.5 s check comes first: stopping alone would strand rank 0
+
+    try:
+        fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "nan"), CPU, on_step=poison)
+        outcome = "finished"
+    except NonFiniteLoss as exc:
+        outcome = str(exc)
+    (Path(out) / f"nan-rank{rank}.json").write_text(json.dumps({"outcome": outcome}))
+
+
 def _all_checks(rank, out):
     for optimizer in ("adamw", "rmsprop"):
         _one_step(rank, optimizer, out)
     _resume(rank, out)
+    _non_finite(rank, out)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +160,14 @@ def test_ranks_resume_together_from_one_checkpoint(two_ranks):
         assert report["resumed_loss"] == pytest.approx(report["straight_loss"], rel=1e-6)
     assert len(list((two_ranks / "b").glob("step-*"))) == 2  # rank 0 wrote; nothing half-written
     assert not list((two_ranks / "b").glob(".*"))
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(two_ranks):
+    kept = sorted((two_ranks / "nan").glob("step-*"))
+    assert len(kept) == 1  # epoch 1's checkpoint; nothing after the weights went bad
+    for r in range(WORLD):  # the same error on both ranks (not a collective failing on rank 0)
+        outcome = json.loads((two_ranks / f"nan-rank{r}.json").read_text())["outcome"]
+        assert "non-finite" in outcome and kept[0].name in outcome, outcome
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 7])

@@ -277,24 +277,38 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     running = torch.zeros((), device=device)  # NLL summed on the device since the last sync
     segment_start, segment_tokens = start, 0  # for tokens/s of the current epoch in this run
 
-    def sync() -> None:
+    def sync(agreed: bool = False) -> None:
+        """Fold the loss summed on the device into the epoch's, and stop on a non-finite loss — checked
+        before anything is saved, so no bad state is ever kept. Several ranks must stop together (one
+        stopping alone leaves the others waiting in a collective): they check only where all of them
+        are at the same step (``agreed``) and stop if any rank saw one."""
         nonlocal running
-        total = running.item()
-        if not math.isfinite(total):  # checked before anything is saved: no bad state is ever kept
-            good = store.latest() if store is not None else None
-            raise NonFiniteLoss(
-                f"the training loss became non-finite ({total}) by global step {pos.global_step} (epoch "
-                f"{pos.epoch + 1}, batch {pos.step}; checked every ~0.5 s). Nothing from this run after "
-                f"the last good checkpoint is saved: {good.path if good else 'there is none yet'}. Lower "
-                f"training.learning_rate or set training.grad_clip, then run again to resume from it."
-            )
-        pos.epoch_loss += total
+        pos.epoch_loss += running.item()
         running = torch.zeros((), device=device)
+        bad = not math.isfinite(pos.epoch_loss)
+        if world > 1 and agreed:
+            bad = _all_sum(float(bad), device) > 0
+        elif world > 1:
+            return
+        if bad:
+            non_finite()
+
+    def non_finite() -> None:
+        good = store.latest() if store is not None else None
+        raise NonFiniteLoss(
+            f"the training loss became non-finite ({pos.epoch_loss}) by global step {pos.global_step} (epoch {pos.epoch + 1}, "
+            f"batch {pos.step}; checked every ~0.5 s{', and on every rank every 16 steps' if world > 1 else ''}). "
+            f"Nothing from this run after the last good checkpoint is saved: "
+            f"{good.path if good else 'there is none yet'}. Lower training.learning_rate or set "
+            f"training.grad_clip, then run again to resume from it."
+        )
 
     def save(reason: str, collective: bool = True) -> None:
         if store is None:
             return
-        sync()
+        sync(agreed=collective)
+        if world > 1 and not collective and not math.isfinite(pos.epoch_loss):
+            non_finite()  # alone (interrupted): this rank's own loss decides
         pos.elapsed_s = trained_before + time.perf_counter() - start
         saved = asdict(pos)
         if world > 1 and collective:
@@ -306,7 +320,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
         log.info("checkpoint (%s): %s", reason, path)
 
     def record(partial: bool) -> None:
-        sync()
+        sync(agreed=True)
         seconds = time.perf_counter() - segment_start
         epoch_loss = _all_sum(pos.epoch_loss, device) if world > 1 else pos.epoch_loss
         val_loss = evaluate(model, val, device, p.precision) if val is not None and rank == 0 else None
@@ -362,7 +376,9 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                     over = now - start > budget
                     due = bool(p.checkpoint_minutes) and now - last_checkpoint > p.checkpoint_minutes * 60
                     if world > 1:  # all ranks stop and checkpoint at the same step: rank 0's clock decides
-                        over, due = _rank0_decides(over, due, pos.global_step, device)
+                        over, due, bad = _agree(over, due, pos, running, device)
+                        if bad:  # a non-finite loss on any rank stops every rank here
+                            non_finite()
                     if over:
                         stopped = "budget"
                         break
@@ -396,13 +412,17 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     return Result(model, pos, stopped, resumed_from)
 
 
-def _rank0_decides(over: bool, due: bool, step: int, device: torch.device, every: int = 16) -> tuple[bool, bool]:
-    """Rank 0's (budget spent, checkpoint due) on every rank, asked every ``every`` steps (a host sync)."""
-    if step % every:
-        return False, False
-    flags = torch.tensor([over, due], dtype=torch.int32, device=device)
-    dist.broadcast(flags, src=0)
-    return bool(flags[0]), bool(flags[1])
+def _agree(over: bool, due: bool, pos: Position, running: torch.Tensor, device: torch.device,
+           every: int = 16) -> tuple[bool, bool, bool]:
+    """Every ``every`` steps, on every rank: rank 0's (budget spent, checkpoint due), and whether any
+    rank's loss so far is non-finite. One all-reduce (and a host sync)."""
+    if pos.global_step % every:
+        return False, False, False
+    first = dist.get_rank() == 0
+    bad = not math.isfinite(pos.epoch_loss + running.item())
+    flags = torch.tensor([over and first, due and first, bad], dtype=torch.int32, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1]), bool(flags[2])
 
 
 def _clock(seconds: float) -> str:
