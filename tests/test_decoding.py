@@ -99,6 +99,43 @@ def test_same_seed_same_poems_and_sampling_knobs(setup):
     assert len(set(plain.texts)) == len(begins)
 
 
+@pytest.mark.parametrize("form", ["free", "wulv"])
+def test_a_poem_is_the_same_whatever_the_batch_size(setup, form):
+    vocab, _, decoder = setup
+    begins = [BEGINS[i % 7] for i in range(23)]
+    s = Settings(form=form, strategy="sample", top_p=0.95, temperature=1.2, seed=9, strict_tones=form != "free",
+                 rhyme=form != "free", no_repeat_ngram=2)
+    whole = decoder.generate(begins, [None] * 23, s).texts
+    assert decoder.generate(begins, [None] * 23, s, batch_size=5).texts == whole
+    assert decoder.generate(begins[7:], [None] * 16, s).texts != whole[7:]  # a poem's index is part of its seed
+    assert len(set(whole)) == 23
+
+
+def test_uniform_draws_are_uniform_and_keyed_by_seed_poem_and_step():
+    from tangshi_pipeline.decoding import _mix32, _uniform
+
+    poems = torch.arange(200_000)
+    u = _uniform(42, poems, 3)[:, 0]
+    assert 0 <= float(u.min()) and float(u.max()) < 1
+    counts = torch.histc(u, bins=20, min=0, max=1)
+    assert float((counts / len(u) - 0.05).abs().max()) < 0.003  # within ~5 standard errors of flat
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 0.01  # neighbours unrelated
+    for other in (_uniform(43, poems, 3), _uniform(42, poems, 4), _uniform(42, poems + 1, 3)):
+        assert float((other[:, 0] == u).float().mean()) < 0.001
+    xs = torch.tensor([0, 1, 2**31, 2**32 - 1])
+    assert _mix32(xs).tolist() == [_mix32(int(x)) for x in xs.tolist()]  # tensors and ints agree
+    assert _mix32(1) == 0x514E28B7  # MurmurHash3's fmix32(1)
+    assert len(set(_mix32(torch.arange(100_000)).tolist())) == 100_000  # a bijection: no collisions
+
+
+def test_sample_never_draws_a_zero_weight_token():
+    from tangshi_pipeline.decoding import _sample
+
+    weights = torch.tensor([[0.0, 3.0, 0.0, 1.0, 0.0]]).repeat(3, 1)
+    u = torch.tensor([[0.0], [0.7499], [1.0 - 2**-24]])
+    assert _sample(weights, u).tolist() == [1, 1, 3]
+
+
 def test_free_acrostic_lines_start_with_its_characters(setup):
     vocab, _, decoder = setup
     out = decoder.generate([None, None], ["春江花月夜", "明月"], Settings(strategy="sample", seed=3))
@@ -121,8 +158,8 @@ def test_top_p_keeps_the_smallest_set_reaching_p(width):
     probs = torch.linspace(2.0, 1.0, width) ** 4  # strictly decreasing
     probs /= probs.sum()
     needed = int((probs.cumsum(0) < 0.6).sum()) + 1  # tokens needed to reach 0.6
-    gen = torch.Generator().manual_seed(0)
-    drawn = _nucleus(probs.log().repeat(4000, 1), 0.6, gen)
+    u = torch.rand(4000, 1, generator=torch.Generator().manual_seed(0))
+    drawn = _nucleus(probs.log().repeat(4000, 1), 0.6, u)
     assert int(drawn.max()) <= needed - 1 and int(drawn.max()) >= 0.9 * (needed - 1) and int(drawn.min()) == 0
 
 

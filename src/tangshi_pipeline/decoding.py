@@ -176,18 +176,18 @@ class Decoder:
 
     def generate(self, begins: list[str | None], acrostics: list[str | None], settings: Settings,
                  batch_size: int = 1024) -> Poems:
-        """One poem per (begin, acrostic) pair, in batches; deterministic for a given seed."""
+        """One poem per (begin, acrostic) pair, in batches. Sampling draws come from (seed, poem
+        index, step) alone, so each poem is the same whatever the batch size or device."""
         if len(begins) != len(acrostics):
             raise ValueError("begins and acrostics must have the same length")
         if (settings.strict_tones or settings.rhyme) and settings.form in FORMS and self.prosody is None:
             raise ValueError("strict tones and rhyme need the tone lexicon and rhyme table (prosody)")
-        gen = torch.Generator(device=self.device).manual_seed(settings.seed)
         run = self._form if settings.form in FORMS else self._free
         out = Poems([], [], [])
         with torch.inference_mode():
             for start in range(0, len(begins), batch_size):
                 chunk = slice(start, start + batch_size)
-                poems = run(begins[chunk], acrostics[chunk], settings, gen)
+                poems = run(begins[chunk], acrostics[chunk], settings, start)
                 out.texts += poems.texts
                 out.templates += poems.templates
                 out.fallbacks += poems.fallbacks
@@ -210,23 +210,25 @@ class Decoder:
             rows.append([self.index[c] for c in chars] + [-1] * (width - len(chars)))
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
-    def _choose(self, h, bias, s: Settings, gen, mask=None, fallback_bias=None, banned=None):
+    def _choose(self, h, bias, s: Settings, u, mask=None, fallback_bias=None, banned=None):
         """Next token per poem from the logits (bias: (V,) or (B, V), -inf = illegal), an optional
-        extra mask and optional (B, m) ids that are banned (<pad> where none). Poems left with
-        nothing legal use ``fallback_bias``; returns (tokens, which poems fell back)."""
+        extra mask and optional (B, m) ids that are banned (<pad> where none); ``u``: (B, 1) uniform
+        draws when sampling. Poems left with nothing legal use ``fallback_bias``; returns (tokens,
+        which poems fell back)."""
         logits = torch.addmm(bias, h, self.weight_t)
         if mask is not None:
             logits.masked_fill_(~mask, -torch.inf)
         if banned is not None:
             logits.scatter_(1, banned, -torch.inf)
-        token, best = self._pick(logits, s, gen)
+        token, best = self._pick(logits, s, u)
         empty = torch.isneginf(best)
         if fallback_bias is not None and bool(empty.any()):
             rows = empty.nonzero()[:, 0]
-            token[rows] = self._pick(torch.addmm(fallback_bias, h[rows], self.weight_t), s, gen)[0]
+            token[rows] = self._pick(torch.addmm(fallback_bias, h[rows], self.weight_t), s,
+                                     None if u is None else u[rows])[0]
         return token, empty
 
-    def _pick(self, logits: torch.Tensor, s: Settings, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pick(self, logits: torch.Tensor, s: Settings, u) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy argmax, or a sample (temperature, then top-k, then top-p); also each row's best logit."""
         if s.strategy == "greedy":
             best, token = logits.max(-1)
@@ -234,14 +236,14 @@ class Decoder:
         x = logits.div_(s.temperature)
         if not s.top_k and s.top_p >= 1.0:  # plain temperature sampling over everything
             best = x.amax(-1)
-            return _sample(torch.exp(x - best[:, None]), gen), best
+            return _sample(torch.exp(x - best[:, None]), u), best
         if not s.top_k:  # top-p alone
-            return _nucleus(x, s.top_p, gen), x.amax(-1)
+            return _nucleus(x, s.top_p, u), x.amax(-1)
         vals, idx = x.topk(min(s.top_k, x.shape[-1]), dim=-1)
         p = vals.softmax(-1)  # renormalised over the top-k, then top-p on that
         if s.top_p < 1.0:
             p = p.masked_fill(p.cumsum(-1) - p >= s.top_p, 0.0)
-        return idx.gather(1, _sample(p, gen)[:, None])[:, 0], vals[:, 0]
+        return idx.gather(1, _sample(p, u)[:, None])[:, 0], vals[:, 0]
 
     def _repeats(self, history: torch.Tensor, n: int) -> torch.Tensor | None:
         """(B, m) ids that would repeat an n-gram of characters of each poem's ``history`` (B, t);
@@ -259,7 +261,7 @@ class Decoder:
 
     # -------------------------------------------------------------------------- free form
 
-    def _free(self, begins, acrostics, s: Settings, gen) -> Poems:
+    def _free(self, begins, acrostics, s: Settings, first: int) -> Poems:
         B, dev = len(begins), self.device
         lo, hi = FREE_LINE
         n_lines = torch.tensor([len(a) if a else 0 for a in acrostics], device=dev)
@@ -284,7 +286,8 @@ class Decoder:
             else:
                 mask = self._acrostic_mask(r) | force[:, None] if bool(r["acro"].any()) else None
                 banned = self._repeats(out[r["id"], :t], s.no_repeat_ngram) if s.no_repeat_ngram else None
-                chosen, empty = self._choose(h, self.bias_free, s, gen, mask, self.bias_free, banned)
+                u = _uniform(s.seed, first + r["id"], t) if s.strategy == "sample" else None
+                chosen, empty = self._choose(h, self.bias_free, s, u, mask, self.bias_free, banned)
                 fallbacks[r["id"][empty & ~force]] += 1
                 token = torch.where(force, head, chosen)
             out[r["id"], t] = token
@@ -316,7 +319,7 @@ class Decoder:
 
     # ------------------------------------------------------------------------------- forms
 
-    def _form(self, begins, acrostics, s: Settings, gen) -> Poems:
+    def _form(self, begins, acrostics, s: Settings, first: int) -> Poems:
         B, dev = len(begins), self.device
         n_lines, n_chars = FORMS[s.form]
         if self.comma is None or self.period is None:
@@ -342,6 +345,7 @@ class Decoder:
         ends = torch.arange(n_lines, device=dev) * (n_chars + 1) + n_chars - 1  # each line's last character
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), None
         no_force = torch.zeros(B, dtype=torch.bool, device=dev)
+        rows = torch.arange(B, device=dev)
         t = 0
         for i in range(n_lines):
             for j in range(n_chars + 1):
@@ -367,7 +371,8 @@ class Decoder:
                         else:
                             bias = self._tone_bias(alive, req[:, i, j])
                     banned = [b for b in banned if b is not None]
-                    chosen, empty = self._choose(h, bias, s, gen, mask, self.bias_content,
+                    u = _uniform(s.seed, first + rows, t) if s.strategy == "sample" else None
+                    chosen, empty = self._choose(h, bias, s, u, mask, self.bias_content,
                                                  torch.cat(banned, 1) if banned else None)
                     fallbacks += (empty & ~force).long()
                     token = torch.where(force, forced[:, i], chosen)
@@ -415,7 +420,7 @@ def _tone_fits(tone: torch.Tensor, required: torch.Tensor) -> torch.Tensor:
     return (required == 3) | (tone == 2) | (tone == required)
 
 
-def _nucleus(x: torch.Tensor, top_p: float, gen) -> torch.Tensor:
+def _nucleus(x: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
     """Top-p sampling without sorting whole rows: the smallest set of tokens whose probability
     reaches ``top_p`` is looked for among the top 64, then the top 1024, then the whole row."""
     V = x.shape[-1]
@@ -430,15 +435,43 @@ def _nucleus(x: torch.Tensor, top_p: float, gen) -> torch.Tensor:
         cum = p.cumsum(-1)
         done = cum[:, -1] >= top_p if k < V else torch.ones(len(todo), dtype=torch.bool, device=x.device)
         p = p.masked_fill(cum - p >= top_p, 0.0)[done]
-        token[todo[done]] = idx[done].gather(1, _sample(p, gen)[:, None])[:, 0]
+        token[todo[done]] = idx[done].gather(1, _sample(p, u[todo[done]])[:, None])[:, 0]
         todo = todo[~done]
         if not len(todo):
             break
     return token
 
 
-def _sample(weights: torch.Tensor, gen) -> torch.Tensor:
-    """One index per row, with probability proportional to the (unnormalised) weights."""
+def _sample(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row, with probability proportional to the (unnormalised) weights; ``u``: (B, 1)
+    uniform draws in [0, 1). Never an index of zero weight (the draw stays below the row's total)."""
     cum = weights.cumsum(-1)
-    u = torch.rand(len(weights), 1, generator=gen, device=weights.device) * cum[:, -1:]
-    return torch.searchsorted(cum, u, right=True)[:, 0].clamp(max=weights.shape[-1] - 1)
+    total = cum[:, -1:]
+    v = torch.minimum(u.to(cum.dtype) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cum, v, right=True)[:, 0].clamp(max=weights.shape[-1] - 1)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x, c: int):
+    """(x · c) mod 2³² for 0 ≤ x, c < 2³², exact in int64 (no overflow): x split into 16-bit halves."""
+    return (((((x >> 16) * c) & 0xFFFF) << 16) + (x & 0xFFFF) * c) & _M32
+
+
+def _mix32(x):
+    """MurmurHash3's 32-bit finaliser: a bijection of [0, 2³²) that mixes every bit (ints or tensors)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _uniform(seed: int, poems: torch.Tensor, step: int) -> torch.Tensor:
+    """(B, 1) uniform draws in [0, 1), one per poem, from (seed, poem index, step) alone: counter-based
+    random numbers, so a poem's draws do not depend on the batch it is decoded in, nor on the device."""
+    key = _mix32((seed & _M32) ^ _mix32((seed >> 32) & _M32 ^ 0x9E3779B9))
+    x = _mix32((_mul32(poems.long(), 0x9E3779B1) + _mix32(key ^ _mix32(step))) & _M32)
+    x = _mix32(x ^ key)
+    return ((x >> 8).float() / 2**24)[:, None]  # 24 bits: exact in float32, below 1
