@@ -77,8 +77,8 @@ def _one_step(rank, optimizer, out):
 
 
 def _resume(rank, out):
-    # dropout 0: rank 0 checkpoints its own RNG state only, so other ranks' dropout masks would differ
-    p = params(epochs=2, batch_size=4, dropout=0.0, world_size=WORLD)
+    # dropout > 0: each rank's masks come from its own RNG, which the checkpoint keeps for every rank
+    p = params(epochs=2, batch_size=4, dropout=0.3, world_size=WORLD)
     seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
             for i in range(30)]
     straight = fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "a"), CPU)

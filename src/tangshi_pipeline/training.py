@@ -183,7 +183,20 @@ def _state_tensors(model: CharRNN, opt: torch.optim.Optimizer) -> dict[str, torc
     return tensors
 
 
-def _restore(model: CharRNN, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def _ranks_rng(world: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every other rank's RNG states, gathered for rank 0 to checkpoint (their dropout masks differ)."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    out = {}
+    for name, state in states.items():
+        gathered = [torch.empty_like(state, device=device) for _ in range(world)]
+        dist.all_gather(gathered, state.to(device))
+        out |= {f"rng.{name}.rank{r}": g.cpu() for r, g in enumerate(gathered) if r}
+    return out
+
+
+def _restore(model: CharRNN, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rank: int = 0) -> None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     state: dict[int, dict] = {}
     for k, v in tensors.items():
@@ -192,9 +205,10 @@ def _restore(model: CharRNN, opt: torch.optim.Optimizer, tensors: dict[str, torc
             state.setdefault(int(i), {})[name] = v
     # The run's own hyper-parameters (lr, weight decay, fused) apply; only the moments are restored.
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    own = f".rank{rank}" if rank and f"rng.cpu.rank{rank}" in tensors else ""  # else rank 0's
+    torch.set_rng_state(tensors[f"rng.cpu{own}"])
+    if f"rng.cuda{own}" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.cuda{own}"])
 
 
 def _progress(total: int, quiet: bool = False) -> Progress:
@@ -240,7 +254,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                 f"the parameters it was trained with."
             )
         try:
-            _restore(model, opt, checkpoint.tensors)
+            _restore(model, opt, checkpoint.tensors, rank)
             pos = Position(**meta["position"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored ({str(exc).splitlines()[0]}); "
@@ -310,13 +324,14 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
         if world > 1 and not collective and not math.isfinite(pos.epoch_loss):
             non_finite()  # alone (interrupted): this rank's own loss decides
         pos.elapsed_s = trained_before + time.perf_counter() - start
-        saved = asdict(pos)
+        saved, others = asdict(pos), {}
         if world > 1 and collective:
             saved["epoch_loss"] = _all_sum(pos.epoch_loss, device)
+            others = _ranks_rng(world, device)
         if rank:
             return
         meta = {"compatibility": compat, "training": p.model_dump(), "position": saved, "reason": reason}
-        path = store.save(pos.global_step, meta, _state_tensors(model, opt))
+        path = store.save(pos.global_step, meta, _state_tensors(model, opt) | others)
         log.info("checkpoint (%s): %s", reason, path)
 
     def record(partial: bool) -> None:
