@@ -158,20 +158,6 @@ def build_rhyme_table(table: Mapping, to_simplified, source: str = "") -> dict:
     return {"source": source, "tone": PING, "groups": {g: "".join(cs) for g, cs in groups.items()}}
 
 
-def build_prosody(clean_poems, params: dict) -> tuple[dict, dict]:
-    """Node (data_processing): the tone lexicon from the clean poems' aligned tones, and the
-    level-tone rhyme groups of the 平水韵 table converted with the corpus's OpenCC config."""
-    import opencc
-
-    from tangshi_pipeline.params import DataProcessingParams, parse
-
-    p = parse(DataProcessingParams, "data_processing", params)
-    lexicon = build_tone_lexicon(clean_poems["text"].tolist(), clean_poems["tones"].tolist())
-    table, source = read_pingshui()
-    converter = opencc.OpenCC(p.opencc_config)
-    return lexicon, build_rhyme_table(table, converter.convert, source)
-
-
 # ------------------------------------------------------------------------------------ prosody
 
 

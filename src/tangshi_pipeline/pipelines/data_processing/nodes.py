@@ -1,4 +1,5 @@
-"""Data processing: raw corpus → poems table → clean poems → framed poems → vocabulary → vectors.
+"""Data processing: raw corpus → poems table → clean poems → framed poems → vocabulary → vectors,
+and from the clean poems the tone lexicon and the rhyme table (build_prosody).
 
 Every node is a pure function of its inputs and the ``data_processing`` parameters. Each poem that
 is dropped is counted under the first reason that applies, in this order: a duplicate id, empty
@@ -18,6 +19,7 @@ import opencc
 import pandas as pd
 
 from tangshi_pipeline.params import DataProcessingParams, parse
+from tangshi_pipeline.prosody import build_rhyme_table, build_tone_lexicon, read_pingshui
 from tangshi_pipeline.vocab import Vocab
 
 _WHITESPACE = re.compile(r"\s+")
@@ -315,6 +317,15 @@ def clean_poems(poems: pd.DataFrame, ingest_report: dict, params: dict) -> tuple
         "settings": p.model_dump(include={"opencc_config", "drop_if_contains", "min_length", "max_length", "dedupe"}),
     }
     return clean, report
+
+
+def build_prosody(clean_poems: pd.DataFrame, params: dict) -> tuple[dict, dict]:
+    """The tone lexicon from the clean poems' aligned tone marks, and the level-tone rhyme groups
+    of the 平水韵 table converted with the corpus's OpenCC config (see ``tangshi_pipeline.prosody``)."""
+    p = parse(DataProcessingParams, "data_processing", params)
+    lexicon = build_tone_lexicon(clean_poems["text"].tolist(), clean_poems["tones"].tolist())
+    table, source = read_pingshui()
+    return lexicon, build_rhyme_table(table, opencc.OpenCC(p.opencc_config).convert, source)
 
 
 # ------------------------------------------------------------------------- frame, vocab, vectors

@@ -1,8 +1,6 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
-from tangshi_pipeline.prosody import build_prosody
-
-from .nodes import build_vocab, clean_poems, flatten_corpus, frame_poems, vectorize
+from .nodes import build_prosody, build_vocab, clean_poems, flatten_corpus, frame_poems, vectorize
 
 
 def create_pipeline(**kwargs) -> Pipeline:
