@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import opencc
 import pytest
 
@@ -26,7 +23,6 @@ from tangshi_pipeline.prosody import (
 from tests.fixtures.poems import REAL
 
 T2S = opencc.OpenCC("t2s")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -145,14 +141,3 @@ def test_checker_flags_a_broken_position(rhyme_table):
     assert result.fits[3][1] is False
     assert check("白日依山尽", prosody).form == "free"
 
-
-@pytest.mark.corpus
-def test_corpus_lexicon_judges_famous_poems(rhyme_table):
-    path = ROOT / "data/05_model_input/tone_lexicon.json"
-    if not path.is_file():
-        pytest.skip("run `kedro run --pipeline=data_processing` on the real corpus first")
-    prosody = Prosody.from_json(json.loads(path.read_text("utf-8")), rhyme_table)
-    assert prosody.tone("不") == ZE and prosody.tone("何") == PING and prosody.tone("中") == EITHER
-    text, _ = _famous("登鹳雀楼")
-    result = check(text, prosody)
-    assert result.conforms and result.rhymes and result.template == "仄起不入韵"

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from tangshi_pipeline.pipelines.data_processing.nodes import (
+    build_prosody,
     build_vocab,
     clean_poems,
     flatten_corpus,
     frame_poems,
     vectorize,
 )
+from tangshi_pipeline.prosody import EITHER, PING, ZE, Prosody, check
 from tests.conftest import shipped_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +81,13 @@ def test_classic_filters_keep_designs_figure(processed):
     params = shipped_params("data_processing") | {"drop_if_contains": ["_", "(", "（", "《", "["], "dedupe": False}
     _, report = clean_poems(poems, ingest, params)
     assert report["kept_poems"] == 45_505
+
+
+def test_corpus_tone_lexicon_judges_a_famous_poem(processed):
+    _, _, clean, *_ = processed
+    lexicon, rhyme_table = build_prosody(clean, shipped_params("data_processing"))
+    assert lexicon["summary"] == {PING: 2_731, ZE: 3_782, EITHER: 423}
+    prosody = Prosody.from_json(lexicon, rhyme_table)
+    assert prosody.tone("不") == ZE and prosody.tone("何") == PING and prosody.tone("中") == EITHER
+    result = check("白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", prosody)  # 登鹳雀楼
+    assert result.conforms and result.rhymes and result.template == "仄起不入韵"
