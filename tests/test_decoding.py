@@ -226,3 +226,22 @@ def test_rhyme_never_repeats_a_rhyme_character(setup, form):
     lines = [("日" * (n_chars - 1)) + "楼" for _ in range(n_lines)]
     repeated = "".join(line + ("，" if i % 2 == 0 else "。") for i, line in enumerate(lines))
     assert check(repeated, prosody, form).rhyme_repeated
+
+
+@pytest.mark.parametrize("form", ["wujue", "qilv"])
+def test_no_copy_never_completes_a_training_line(setup, form):
+    vocab, prosody, _ = setup
+    model = tiny_model(len(vocab), seed=4)
+    begins = [BEGINS[i % 7] for i in range(14)]
+    s = Settings(form=form, strict_tones=True, rhyme=True)
+    greedy = Decoder(model, vocab, prosody).generate(begins, [None] * 14, s)
+    lines = {c for t in greedy.texts for c in clauses(t)}  # pretend greedy's own lines are the training set
+    guarded = Decoder(model, vocab, prosody, training_lines=lines).generate(
+        begins, [None] * 14, Settings(form=form, strict_tones=True, rhyme=True, no_copy=True))
+    assert sum(guarded.fallbacks) == 0
+    for text in guarded.texts:
+        assert not set(clauses(text)) & lines, text
+        result = check(text, prosody, form)
+        assert result.format_ok and result.conforms and result.rhymes, text
+    with pytest.raises(ValueError, match="no_copy needs the training lines"):
+        Decoder(model, vocab, prosody).generate(["日"], [None], Settings(form=form, no_copy=True))

@@ -18,7 +18,9 @@ At each step the logits are masked so that only legal tokens can be drawn:
   ``rhyme``, a rhyming position also never repeats an earlier line's end character (重韵);
 * ``no_repeat_ngram`` = n: never a character that would repeat an n-gram of characters already in
   the poem (n-grams do not cross punctuation; 1 = no character twice). Off (0) by default: the
-  classic greedy poet loops, and that is its behaviour.
+  classic greedy poet loops, and that is its behaviour;
+* ``no_copy`` (forms): at a line's last character, never one that would complete a line found
+  verbatim in ``training_lines`` (the training split's lines, given to the decoder).
 
 If the masks leave a poem no legal character (e.g. a forced acrostic character that breaks every
 template), the poem falls back to the shape-only mask for that step and the step is counted in
@@ -28,6 +30,7 @@ template), the poem falls back to the shape-only mask for that step and the step
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +55,7 @@ class Settings:
     strict_tones: bool = False
     rhyme: bool = False
     no_repeat_ngram: int = 0         # 0 = off
+    no_copy: bool = False            # forms: never complete a line of ``training_lines``
     seed: int = 42
 
 
@@ -136,7 +140,8 @@ class Decoder:
     per-poem masks are one of four bias rows (tones) or, at rhyming positions only, a full mask.
     """
 
-    def __init__(self, model: CharRNN, vocab: Vocab, prosody: Prosody | None = None, device: str = "cpu"):
+    def __init__(self, model: CharRNN, vocab: Vocab, prosody: Prosody | None = None, device: str = "cpu",
+                 training_lines: Iterable[str] = ()):
         if model.config.vocab_size != len(vocab):
             raise ValueError(f"the model has {model.config.vocab_size} output tokens but the vocabulary "
                              f"has {len(vocab)}: they were not made together")
@@ -171,6 +176,12 @@ class Decoder:
             bits = [sum(1 << g for g in prosody.char_groups.get(t, ())) for t in tokens]
             self.groups = torch.tensor(bits, dtype=torch.long, device=dev)
             self.all_groups = (1 << len(prosody.group_names)) - 1
+        # no_copy: the first n-1 characters of each training line of a form's length → its last ones
+        self.completions: dict[tuple[int, ...], list[int]] = {}
+        widths = {n for _, n in FORMS.values()}
+        for line in set(training_lines):
+            if len(line) in widths and all(c in index for c in line):
+                self.completions.setdefault(tuple(index[c] for c in line[:-1]), []).append(index[line[-1]])
 
     # ------------------------------------------------------------------------------- public
 
@@ -182,6 +193,8 @@ class Decoder:
             raise ValueError("begins and acrostics must have the same length")
         if (settings.strict_tones or settings.rhyme) and settings.form in FORMS and self.prosody is None:
             raise ValueError("strict tones and rhyme need the tone lexicon and rhyme table (prosody)")
+        if settings.no_copy and not self.completions:
+            raise ValueError("no_copy needs the training lines (Decoder(..., training_lines=...))")
         run = self._form if settings.form in FORMS else self._free
         out = Poems([], [], [])
         with torch.inference_mode():
@@ -258,6 +271,16 @@ class Decoder:
             match = match & (history[:, i:i + m] == prefix[:, i:i + 1])
         following = history[:, n - 1:n - 1 + m]
         return torch.where(match & self.content[following], following, PAD_ID)
+
+    def _copies(self, prefix: torch.Tensor) -> torch.Tensor | None:
+        """(B, m) ids that would complete a training line after each poem's ``prefix`` (B, n-1) of
+        the current line; <pad> where none."""
+        hits = [self.completions.get(tuple(row), ()) for row in prefix.tolist()]
+        width = max(map(len, hits))
+        if not width:
+            return None
+        rows = [[*h, *[PAD_ID] * (width - len(h))] for h in hits]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     # -------------------------------------------------------------------------- free form
 
@@ -361,6 +384,8 @@ class Decoder:
                     bias, mask, banned = self.bias_content, None, []
                     if s.no_repeat_ngram:
                         banned.append(self._repeats(out[:, :t], s.no_repeat_ngram))
+                    if s.no_copy and j == n_chars - 1:
+                        banned.append(self._copies(out[:, t - j:t]))
                     if constrained:
                         rhyming = j == n_chars - 1 and bool(rhymes[:, i].any())
                         if rhyming:

@@ -135,6 +135,7 @@ class GenerateParams(Params):
     tones: Literal["loose", "strict"]
     rhyme: bool
     no_repeat_ngram: int = Field(ge=0, le=16)
+    no_copy: bool
     seed: int = Field(ge=0)
     batch_size: int = Field(ge=1)
     device: str
@@ -153,6 +154,9 @@ class GenerateParams(Params):
                 "tones: strict and rhyme: true need a regular form (wujue, qijue, wulv or qilv); "
                 "form free has no tone template or rhyme scheme"
             )
+        if self.form == "free" and self.no_copy:
+            raise ValueError("no_copy: true needs a regular form (wujue, qijue, wulv or qilv): "
+                             "form free has no fixed line length to check at")
         return self
 
 

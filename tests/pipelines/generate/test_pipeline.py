@@ -42,7 +42,7 @@ def test_generate_writes_poems_page_and_report(processed):
 def test_acrostic_form_with_strict_tones_and_rhyme(processed):
     save_model(processed.path)
     params = {"generate": {"form": "wujue", "acrostic": "白日依山", "strategy": "sample", "num_samples": 3,
-                           "tones": "strict", "rhyme": True, "seed": 1}}
+                           "tones": "strict", "rhyme": True, "seed": 1, "no_copy": True, "no_repeat_ngram": 2}}
     processed.run("generate", params=params)
     data = processed.path / "data"
     (version,) = _versions(data / "07_model_output/generated_poems.json")
@@ -51,7 +51,8 @@ def test_acrostic_form_with_strict_tones_and_rhyme(processed):
     for p in poems:
         assert format_ok(p["text"], "wujue") and [c[0] for c in clauses(p["text"])] == list("白日依山")
     report = json.loads((data / "08_reporting/generation_report.json").read_text("utf-8"))
-    assert report["format_accuracy"] == 1.0 and report["form"] == "wujue"
+    assert report["format_accuracy"] == 1.0 and report["form"] == "wujue" and report["copy_rate"] == 0
+    assert poems[0]["settings"]["no_copy"] is True and poems[0]["settings"]["no_repeat_ngram"] == 2
     assert "藏头 白日依山" in (data / "08_reporting/generated_poems.md").read_text("utf-8")
 
 
@@ -86,6 +87,7 @@ def test_characters_outside_the_vocabulary_are_named(processed, params, message)
     ({"form": "sonnet"}, r"generate.form = 'sonnet': Input should be 'free', 'wujue'"),
     ({"form": "qilv", "acrostic": "春江花月"}, "acrostic '春江花月' has 4 characters but form qilv has 8 lines"),
     ({"tones": "strict"}, "need a regular form"),
+    ({"no_copy": True}, "no_copy: true needs a regular form"),
 ])
 def test_bad_parameters_fail_before_any_work(processed, params, message):
     with pytest.raises(ParameterError, match=message):

@@ -58,16 +58,18 @@ def _check_inputs(model: Artifact, vocab: Vocab, p: GenerateParams) -> None:
 def settings_of(p: GenerateParams) -> Settings:
     return Settings(form=p.form, strategy=p.strategy, temperature=p.temperature, top_k=p.top_k,
                     top_p=p.top_p, max_length=p.max_length, strict_tones=p.tones == "strict",
-                    rhyme=p.rhyme, no_repeat_ngram=p.no_repeat_ngram, seed=p.seed)
+                    rhyme=p.rhyme, no_repeat_ngram=p.no_repeat_ngram, no_copy=p.no_copy, seed=p.seed)
 
 
-def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table: dict,
+def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table: dict, vectors: pd.DataFrame,
                    params: dict) -> tuple[list[dict], str]:
-    """Write ``num_samples`` poems per begin character (or for the acrostic), in batches."""
+    """Write ``num_samples`` poems per begin character (or for the acrostic), in batches. The
+    training split's lines (from ``vectors``) are read only for ``no_copy``."""
     p = parse(GenerateParams, "generate", params)
     v = Vocab.from_json(vocab)
     _check_inputs(model, v, p)
-    decoder = Decoder(model.model, v, Prosody.from_json(tone_lexicon, rhyme_table), p.device)
+    lines = training_clauses(vectors, v) if p.no_copy else ()
+    decoder = Decoder(model.model, v, Prosody.from_json(tone_lexicon, rhyme_table), p.device, lines)
     if p.acrostic:
         begins, acrostics = [None] * p.num_samples, [p.acrostic] * p.num_samples
     else:
@@ -89,7 +91,9 @@ def render_page(records: list[dict], p: GenerateParams) -> str:
     settings = f"{p.strategy}" + (f", temperature {p.temperature}, top-k {p.top_k or 'off'}, top-p {p.top_p}, "
                                   f"seed {p.seed}" if p.strategy == "sample" else "")
     if p.form in FORMS:
-        settings += f", tones {p.tones}, rhyme {'on' if p.rhyme else 'off'}"
+        settings += f", tones {p.tones}, rhyme {'on' if p.rhyme else 'off'}" + (", no copied lines" if p.no_copy else "")
+    if p.no_repeat_ngram:
+        settings += f", no repeated {p.no_repeat_ngram}-grams"
     out = [f"# Generated poems — {FORM_NAMES[p.form]} ({p.form})", "", f"Decoding: {settings}.", ""]
     for key, group in pd.DataFrame(records).groupby(["acrostic", "begin"], dropna=False, sort=False):
         acrostic, begin = key

@@ -6,7 +6,7 @@ from .nodes import generate_poems, report_generation
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
         [
-            node(generate_poems, ["model", "vocab", "tone_lexicon", "rhyme_table", "params:generate"],
+            node(generate_poems, ["model", "vocab", "tone_lexicon", "rhyme_table", "vectors", "params:generate"],
                  ["generated_poems", "poems_page"], name="generate_poems"),
             node(report_generation,
                  ["generated_poems", "vectors", "vocab", "tone_lexicon", "rhyme_table", "params:generate"],
