@@ -8,8 +8,8 @@ that form), through the same checker, are the reference point. Results go to
 ``benchmarks/results/quality_generate.{json,md}``.
 
 Decoding settings per form: greedy (one poem per begin character), greedy with
-``no_repeat_ngram=2``, and sampling at the shipped defaults (temperature 0.8, top-p 0.9) and at
-temperature 1.0 — ``--poems`` poems each.
+``no_repeat_ngram=2`` and ``no_copy``, and sampling at the shipped defaults (temperature 0.8,
+top-p 0.9) and at temperature 1.0 — ``--poems`` poems each.
 
 The model is the latest version in ``data/06_models/poet`` (or ``--model <version folder>``);
 train one first with ``kedro run --pipeline=training``.
@@ -41,9 +41,9 @@ from tangshi_pipeline.vocab import Vocab  # noqa: E402
 DATA = Path("data")
 MODELS = DATA / "06_models/poet"
 BEGINS = list("日红山夜湖君月")
-# name → (strategy, temperature, no_repeat_ngram); top-p 0.9 as shipped
-RUNS = {"greedy": ("greedy", 0.8, 0), "greedy, no_repeat_ngram 2": ("greedy", 0.8, 2),
-        "sample, T 0.8": ("sample", 0.8, 0), "sample, T 1.0": ("sample", 1.0, 0)}
+# name → (strategy, temperature, no_repeat_ngram, no_copy); top-p 0.9 as shipped
+RUNS = {"greedy": ("greedy", 0.8, 0, False), "greedy, no_repeat_ngram 2, no_copy": ("greedy", 0.8, 2, True),
+        "sample, T 0.8": ("sample", 0.8, 0, False), "sample, T 1.0": ("sample", 1.0, 0, False)}
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
         raise SystemExit("the model was not trained on data/05_model_input/vocab.json: run "
                          "`kedro run --pipeline=training`, or pass --model")
     reference = training_clauses(vectors, vocab)
-    decoder = Decoder(artifact.model, vocab, prosody)
+    decoder = Decoder(artifact.model, vocab, prosody, training_lines=reference)
     begins = [BEGINS[i % len(BEGINS)] for i in range(poems)]
 
     results: dict = {"model": artifact.meta.get("training", {}), "poems_per_run": poems, "generated": {},
@@ -72,9 +72,9 @@ def main() -> None:
     keys = ("format_accuracy", "tonal_conformance", "tonal_position_mean", "rhyme_accuracy",
             "distinct_1", "distinct_2", "copy_rate")
     for form in FORMS:
-        for name, (strategy, temperature, no_repeat) in RUNS.items():
+        for name, (strategy, temperature, no_repeat, no_copy) in RUNS.items():
             s = Settings(form=form, strategy=strategy, temperature=temperature, top_p=0.9, strict_tones=True,
-                         rhyme=True, no_repeat_ngram=no_repeat, seed=42)
+                         rhyme=True, no_repeat_ngram=no_repeat, no_copy=no_copy, seed=42)
             run = begins if strategy == "sample" else BEGINS  # greedy: one poem per begin character
             start = time.perf_counter()
             out = decoder.generate(run, [None] * len(run), s)
