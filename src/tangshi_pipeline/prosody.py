@@ -275,8 +275,7 @@ def check(text: str, prosody: Prosody, form: str | None = None) -> Check:
         rhymes = group is not None and not repeated
         key = (matches == positions and rhymes, matches, rhymes, group is not None)
         if best is None or key > best[0]:
-            best = (key, t, matches, positions, group, repeated, fits)
-    _, t, matches, positions, group, repeated, fits = best
-    return Check(form, format_ok(text, form), t.name, matches == positions, matches, positions,
-                 group is not None and not repeated, prosody.group_names[group] if group is not None else None,
-                 repeated, fits)
+            best = (key, t, matches, positions, rhymes, group, repeated, fits)
+    _, t, matches, positions, rhymes, group, repeated, fits = best
+    return Check(form, format_ok(text, form), t.name, matches == positions, matches, positions, rhymes,
+                 prosody.group_names[group] if group is not None else None, repeated, fits)
