@@ -245,3 +245,18 @@ def test_no_copy_never_completes_a_training_line(setup, form):
         assert result.format_ok and result.conforms and result.rhymes, text
     with pytest.raises(ValueError, match="no_copy needs the training lines"):
         Decoder(model, vocab, prosody).generate(["日"], [None], Settings(form=form, no_copy=True))
+
+
+def test_bans_give_way_before_the_masks(setup):
+    vocab, _, decoder = setup
+    a, b = vocab.index["楼"], vocab.index["流"]
+    h = torch.randn(2, decoder.weight_t.shape[0], generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, len(vocab), dtype=torch.bool)
+    mask[:, [a, b]] = True  # e.g. the rhyme group: only 楼 and 流 are legal
+    banned = torch.tensor([[a, b], [a, 0]])  # poem 0: both banned (重韵, no_copy …); poem 1: only 楼
+    token, fell_back = decoder._choose(h, decoder.bias_content, Settings(), None, mask, decoder.bias_content, banned)
+    assert token.tolist()[1] == b and token.tolist()[0] in (a, b)  # the mask holds; the ban gave way
+    assert not fell_back.any()
+    nothing = torch.zeros_like(mask)
+    token, fell_back = decoder._choose(h, decoder.bias_content, Settings(), None, nothing, decoder.bias_content, banned)
+    assert fell_back.all() and all(bool(decoder.content[t]) for t in token)  # the masks fail: shape only

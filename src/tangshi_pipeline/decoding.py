@@ -24,7 +24,8 @@ At each step the logits are masked so that only legal tokens can be drawn:
 
 If the masks leave a poem no legal character (e.g. a forced acrostic character that breaks every
 template), the poem falls back to the shape-only mask for that step and the step is counted in
-``Poems.fallbacks``.
+``Poems.fallbacks``. The bans (重韵, ``no_repeat_ngram``, ``no_copy``) give way before that: a
+poem they alone leave with nothing legal draws again with the masks only.
 """
 
 from __future__ import annotations
@@ -226,20 +227,29 @@ class Decoder:
     def _choose(self, h, bias, s: Settings, u, mask=None, fallback_bias=None, banned=None):
         """Next token per poem from the logits (bias: (V,) or (B, V), -inf = illegal), an optional
         extra mask and optional (B, m) ids that are banned (<pad> where none); ``u``: (B, 1) uniform
-        draws when sampling. Poems left with nothing legal use ``fallback_bias``; returns (tokens,
-        which poems fell back)."""
+        draws when sampling. The bans give way first: a poem they leave with nothing legal is drawn
+        again without them; one the masks leave with nothing uses ``fallback_bias``. Returns
+        (tokens, which poems fell back to ``fallback_bias``)."""
+        token, best = self._pick(self._logits(h, bias, mask, banned), s, u)
+        empty = torch.isneginf(best)
+        if banned is not None and bool(empty.any()):
+            rows = empty.nonzero()[:, 0]
+            token[rows], best[rows] = self._pick(
+                self._logits(h[rows], bias[rows] if bias.dim() == 2 else bias,
+                             None if mask is None else mask[rows], None), s, None if u is None else u[rows])
+            empty = torch.isneginf(best)
+        if fallback_bias is not None and bool(empty.any()):
+            rows = empty.nonzero()[:, 0]
+            token[rows] = self._pick(self._logits(h[rows], fallback_bias), s, None if u is None else u[rows])[0]
+        return token, empty
+
+    def _logits(self, h, bias, mask=None, banned=None) -> torch.Tensor:
         logits = torch.addmm(bias, h, self.weight_t)
         if mask is not None:
             logits.masked_fill_(~mask, -torch.inf)
         if banned is not None:
             logits.scatter_(1, banned, -torch.inf)
-        token, best = self._pick(logits, s, u)
-        empty = torch.isneginf(best)
-        if fallback_bias is not None and bool(empty.any()):
-            rows = empty.nonzero()[:, 0]
-            token[rows] = self._pick(torch.addmm(fallback_bias, h[rows], self.weight_t), s,
-                                     None if u is None else u[rows])[0]
-        return token, empty
+        return logits
 
     def _pick(self, logits: torch.Tensor, s: Settings, u) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy argmax, or a sample (temperature, then top-k, then top-p); also each row's best logit."""
