@@ -63,3 +63,33 @@ def test_artifact_refuses_a_mismatched_config(tmp_path):
 def test_missing_model_names_the_command(tmp_path):
     with pytest.raises(DatasetError, match="kedro run --pipeline=training"):
         ModelArtifact(str(tmp_path / "poet"), version=Version(None, None)).load()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_parameter_shapes_are_the_built_models_without_building_it(cell, layers):
+    from tangshi_pipeline.model import parameter_shapes
+
+    config = ModelConfig(11, cell=cell, embedding_dim=5, hidden_dim=7, num_layers=layers)
+    built = {name: tuple(t.shape) for name, t in CharRNN(config).state_dict().items()}
+    assert parameter_shapes(config) == built
+
+
+def test_model_config_from_json_round_trips_and_rejects_unknown_keys():
+    from dataclasses import asdict
+
+    config = ModelConfig(30, cell="gru", embedding_dim=4, hidden_dim=8, num_layers=1, dropout=0.25)
+    assert ModelConfig.from_json(asdict(config)) == config
+    with pytest.raises(ValueError, match=r"architecture: unknown keys \['heads'\]"):
+        ModelConfig.from_json({**asdict(config), "heads": 8})
+    with pytest.raises(ValueError, match="architecture is missing"):
+        ModelConfig.from_json(None)
+
+
+def test_a_config_without_architecture_is_named(tmp_path):
+    save_artifact(tmp_path, Artifact(CharRNN(ModelConfig(30, hidden_dim=8, embedding_dim=4))))
+    config = json.loads((tmp_path / "config.json").read_text("utf-8"))
+    del config["architecture"]
+    (tmp_path / "config.json").write_text(json.dumps(config), "utf-8")
+    with pytest.raises(ArtifactError, match=f"{tmp_path / 'config.json'}: architecture is missing"):
+        load_artifact(tmp_path)

@@ -3,9 +3,13 @@ named, a killed run resumes, a failed write never becomes the latest version."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import pickle
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -139,3 +143,213 @@ def test_kill_9_in_the_middle_of_training_then_rerun_resumes(project):
     assert "resuming from" in log and f"step-{steps[-1]:010d}" in log
     model = project.catalog().load("model")
     assert model.meta["training"]["steps"] >= steps[-1]
+
+
+# ------------------------------------------------ model artifacts: integrity, hostile configs, broken versions
+
+GENERATE_PARAMS = "generate.acrostic=日月"  # the fixture corpus has no 湖 (a default begin character)
+
+
+def run_generate(project, load_versions: dict | None = None) -> None:
+    """`kedro run --pipeline=generate` in-process, through the session class the CLI uses."""
+    from kedro.framework.project import settings
+
+    params = {"generate": {"begin_words": list("日月")}}
+    with settings.SESSION_CLASS.create(project_path=project.path, runtime_params=params) as session:
+        session.run(pipeline_names=["generate"], load_versions=load_versions)
+
+
+def kedro_generate(project, *options: str) -> subprocess.CompletedProcess:
+    """`kedro run --pipeline=generate` as a user types it."""
+    kedro = str(Path(sys.executable).with_name("kedro"))
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}
+    return subprocess.run([kedro, "run", "--pipeline=generate", f"--params={GENERATE_PARAMS}", *options],
+                          cwd=project.path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def flip_data_bytes(path: Path, count: int = 64) -> None:
+    """Invert ``count`` bytes in the middle of a safetensors file's data region (same size)."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    middle = start + (len(data) - start) // 2
+    data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+
+
+def edit_config(folder: Path, edit) -> None:
+    config = json.loads((folder / "config.json").read_text("utf-8"))
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config), "utf-8")
+
+
+def poem_versions(project) -> list[str]:
+    folder = project.path / "data/07_model_output/generated_poems.json"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture
+def trained(project):
+    """The throw-away project after data processing, with two saved model versions (older, newer)."""
+    from tests.generate_helpers import save_model
+
+    project.run("data_processing")
+    save_model(project.path, seed=1)
+    save_model(project.path, seed=2)
+    project.versions = sorted(p.name for p in (project.path / "data/06_models/poet").iterdir())
+    return project
+
+
+def model_folder(project, version: str) -> Path:
+    return project.path / "data/06_models/poet" / version / "poet"
+
+
+def test_the_weights_hash_is_recorded_in_config_json(tmp_path):
+    folder = model_version(tmp_path / "poet")
+    config = json.loads((folder / "config.json").read_text("utf-8"))
+    assert config["weights_sha256"] == hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()
+
+
+def test_tampered_weights_stop_kedro_run_generate_naming_the_file_and_the_version_to_pin(trained):
+    older, newer = trained.versions
+    weights = model_folder(trained, newer) / "weights.safetensors"
+    size = weights.stat().st_size
+    flip_data_bytes(weights)
+    assert weights.stat().st_size == size
+    result = kedro_generate(trained)
+    log = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0, log[-2000:]
+    assert str(weights) in log and "sha256" in log
+    assert f"--load-versions=model:{older}" in log
+    assert poem_versions(trained) == []  # no poems from the tampered model
+    pinned = kedro_generate(trained, f"--load-versions=model:{older}")  # the advice works
+    assert pinned.returncode == 0, (pinned.stdout + pinned.stderr)[-2000:]
+
+
+def test_a_model_written_before_hashes_loads_with_a_warning_that_it_cannot_be_verified(tmp_path, caplog):
+    folder = model_version(tmp_path / "poet")
+    edit_config(folder, lambda config: config.pop("weights_sha256", None))
+    with caplog.at_level(logging.WARNING, logger="tangshi_pipeline"):
+        artifact = ModelArtifact(str(tmp_path / "poet"), version=datasets.Version(None, None)).load()
+    assert artifact.model.config.hidden_dim == 8 and "weights_sha256" not in artifact.meta
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(folder / "weights.safetensors") in w and "cannot be verified" in w for w in warnings), warnings
+
+
+class Built(Exception):
+    """Raised by the spy instead of building a model: proof that the config was not checked first."""
+
+
+@pytest.mark.parametrize("hidden_dim, message", [
+    (100_000, r"config.json: architecture .*hidden_dim.: 100000.* over the limit"),
+    (12_000, r"config.json: architecture .*over the limit"),
+    (4_000, r"weights.safetensors does not match the architecture in config.json"),
+])
+def test_a_hostile_config_fails_fast_without_building_the_model(trained, monkeypatch, hidden_dim, message):
+    older, newer = trained.versions
+    edit_config(model_folder(trained, newer), lambda config: config["architecture"].update(hidden_dim=hidden_dim))
+
+    def spy(self, config):
+        raise Built(f"CharRNN built for {config} before the config was checked")
+
+    import tangshi_pipeline.model as model_module
+    monkeypatch.setattr(model_module.CharRNN, "__init__", spy)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(Exception, match=message) as raised:
+        run_generate(trained)
+    assert not isinstance(raised.value, Built)
+    assert f"--load-versions=model:{older}" in str(raised.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB: nothing big allocated
+
+
+@pytest.mark.parametrize("architecture, key", [
+    ({"hidden_dim": "128"}, "architecture.hidden_dim"),
+    ({"num_layers": 0}, "architecture.num_layers"),
+    ({"embedding_dim": True}, "architecture.embedding_dim"),
+    ({"dropout": 1.5}, "architecture.dropout"),
+    ({"cell": "transformer"}, "architecture.cell"),
+    ({"vocab_size": 10**12}, "architecture.vocab_size"),
+])
+def test_invalid_sizes_in_config_json_are_named(tmp_path, architecture, key):
+    folder = model_version(tmp_path / "poet")
+    edit_config(folder, lambda config: config["architecture"].update(architecture))
+    with pytest.raises(Exception, match=re.escape(f"{folder / 'config.json'}: {key}")):
+        ModelArtifact(str(tmp_path / "poet"), version=datasets.Version(None, None)).load()
+
+
+def kedro_models(project, *options: str):
+    from click.testing import CliRunner
+
+    from tangshi_pipeline.cli import cli
+
+    return CliRunner().invoke(cli, ["models", *options], env={"COLUMNS": "400"})
+
+
+def test_kedro_models_shows_a_config_that_is_a_json_list_as_broken(trained):
+    older, newer = trained.versions
+    (model_folder(trained, newer) / "config.json").write_text("[1, 2]", "utf-8")
+    result = kedro_models(trained, "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["version"]: row for row in json.loads(result.output)}
+    assert "config.json is not a JSON object" in rows[newer]["error"] and rows[older]["error"] is None
+    table = kedro_models(trained)
+    assert table.exit_code == 0, table.output
+    assert newer in table.output and "broken" in table.output
+
+
+def test_a_version_whose_poet_is_a_file_is_broken_not_missing(trained):
+    older, newer = trained.versions
+    folder = model_folder(trained, newer)
+    shutil.rmtree(folder)
+    folder.write_text("not a model", "utf-8")
+    rows = {row["version"]: row for row in json.loads(kedro_models(trained, "--json").output)}
+    assert "is a file, not a model folder" in rows[newer]["error"]
+    with pytest.raises(Exception) as raised:
+        run_generate(trained)
+    message = str(raised.value)
+    assert "does not exist" not in message
+    assert f"{folder} is a file, not a model folder" in message
+    assert f"kedro run --pipeline=generate --load-versions=model:{older}" in message
+
+
+@pytest.mark.parametrize("leave", [[], ["config.json"], ["weights.safetensors"]])
+def test_an_incomplete_newer_version_stops_generate_with_the_version_to_pin(trained, leave):
+    older, newer = trained.versions
+    folder = model_folder(trained, newer)
+    for path in folder.iterdir():
+        if path.name not in leave:
+            path.unlink()
+    with pytest.raises(Exception) as raised:
+        run_generate(trained)
+    message = str(raised.value)
+    assert f"model version {newer} is broken" in message
+    assert f"kedro run --pipeline=generate --load-versions=model:{older}" in message
+    assert poem_versions(trained) == []
+    run_generate(trained, load_versions={"model": older})  # the advice works
+    assert len(poem_versions(trained)) == 1
+
+
+def test_an_empty_newer_version_folder_is_not_a_version(trained):
+    older, newer = trained.versions
+    (trained.path / "data/06_models/poet/9999-01-01T00.00.00.000Z").mkdir()  # e.g. a save killed before publishing
+    run_generate(trained)
+    assert len(poem_versions(trained)) == 1
+    rows = json.loads(kedro_models(trained, "--json").output)
+    assert [row["version"] for row in rows] == [newer, older]
+
+
+def test_a_broken_pinned_version_names_the_newest_good_one(trained):
+    older, newer = trained.versions
+    (model_folder(trained, older) / "weights.safetensors").unlink()
+    with pytest.raises(Exception) as raised:
+        run_generate(trained, load_versions={"model": older})
+    assert f"model version {older} is broken" in str(raised.value)
+    assert f"--load-versions=model:{newer}" in str(raised.value)
+
+
+def test_when_no_version_is_usable_the_advice_is_to_retrain(trained):
+    for version in trained.versions:
+        (model_folder(trained, version) / "config.json").write_text("{", "utf-8")
+    with pytest.raises(Exception) as raised:
+        run_generate(trained)
+    assert "No other version is usable" in str(raised.value)
+    assert "kedro run --pipeline=training" in str(raised.value)

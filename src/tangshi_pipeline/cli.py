@@ -6,13 +6,15 @@ itself is in :mod:`tangshi_pipeline.cache` (``SESSION_CLASS``), so it also appli
 started from Python.
 
 ``kedro models`` lists the saved versions of the ``model`` dataset, newest first, with the metrics
-stored in each version's ``config.json``; pin one for generation with
+stored in each version's ``config.json`` and a status: ok, ok but unverified (saved before weight
+hashes were recorded), or broken and why (every load check is run); pin one for generation with
 ``kedro run --pipeline=generate --load-versions=model:<version>``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -58,23 +60,37 @@ cli.add_command(run)
 
 
 def model_versions(catalog, dataset_name: str = "model") -> list[dict[str, Any]]:
-    """Versions of a versioned model dataset, newest first: version, path and config.json content."""
+    """Versions of a versioned model dataset, newest first: version, path, what config.json says
+    and ``error`` (None, or why the version cannot be loaded: every load check is run)."""
     dataset = catalog.get(dataset_name)
     if dataset is None:
         raise click.ClickException(f"no dataset {dataset_name!r} in the catalog")
     if not hasattr(dataset, "list_versions") or not getattr(dataset, "_version", None):
         raise click.ClickException(f"dataset {dataset_name!r} is not versioned (set `versioned: true`)")
-    rows = []
-    for version in dataset.list_versions(full_path=False):
-        folder = Path(str(dataset._get_versioned_path(version)))
-        try:
-            config = json.loads((folder / "config.json").read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            config = {"error": f"unreadable config.json ({type(exc).__name__})"}
-        rows.append({"version": version, "path": str(folder), "metrics": config.get("metrics") or {},
-                     "vocab_fingerprint": config.get("vocab_fingerprint"),
-                     "architecture": config.get("architecture"), "error": config.get("error")})
-    return rows
+    return [_version_row(version, Path(str(dataset._get_versioned_path(version))))
+            for version in dataset.list_versions(full_path=False)]
+
+
+def _version_row(version: str, folder: Path) -> dict[str, Any]:
+    from tangshi_pipeline.model import SHA256, ArtifactError, read_artifact, read_config
+
+    row = {"version": version, "path": str(folder), "metrics": {}, "vocab_fingerprint": None,
+           "architecture": None, "verified": False, "error": None}
+    try:
+        config = read_config(folder)
+        metrics = config.get("metrics")
+        row.update(metrics=metrics if isinstance(metrics, dict) else {}, architecture=config.get("architecture"),
+                   vocab_fingerprint=config.get("vocab_fingerprint"), verified=SHA256 in config)
+        read_artifact(folder)
+    except ArtifactError as exc:
+        row.update(verified=False, error=str(exc))
+    return row
+
+
+def _status(row: dict[str, Any]) -> str:
+    if row["error"]:
+        return f"broken: {row['error']}"
+    return "ok" if row["verified"] else "ok, unverified (no sha256 recorded)"
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict[str, Any]:
@@ -98,8 +114,13 @@ def models(env: str | None, dataset: str, as_json: bool) -> None:
 
     project = Path.cwd()
     bootstrap_project(project)
-    with settings.SESSION_CLASS.create(project_path=project, env=env) as session:
-        rows = model_versions(session.load_context().catalog, dataset)
+    if as_json:  # machine-readable output: Kedro's INFO lines (on stdout) would break a JSON parser
+        logging.disable(logging.INFO)
+    try:
+        with settings.SESSION_CLASS.create(project_path=project, env=env) as session:
+            rows = model_versions(session.load_context().catalog, dataset)
+    finally:
+        logging.disable(logging.NOTSET)
     if as_json:
         click.echo(json.dumps(rows, indent=1, ensure_ascii=False))
         return
@@ -113,9 +134,14 @@ def models(env: str | None, dataset: str, as_json: bool) -> None:
     for column in columns:
         table.add_column(column, justify="right")
     table.add_column("vocab")
+    table.add_column("status")
     for row, metrics in zip(rows, flat):
         cells = [f"{metrics[c]:.4g}" if isinstance(metrics.get(c), float) else str(metrics.get(c, ""))
                  for c in columns]
-        table.add_row(row["version"], *cells, row["error"] or (row["vocab_fingerprint"] or "")[:12])
+        table.add_row(row["version"], *cells, str(row["vocab_fingerprint"] or "")[:12], _status(row))
     Console().print(table)
+    if rows[0]["error"]:
+        good = next((r["version"] for r in rows if not r["error"]), None)
+        click.echo(f"The newest version {rows[0]['version']} is broken: generation stops until you retrain"
+                   + (f" or pin {good}." if good else "."))
     click.echo("Pin one for generation: kedro run --pipeline=generate --load-versions=model:<version>")

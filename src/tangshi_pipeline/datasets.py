@@ -116,7 +116,10 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
     """A versioned trained model: ``<filepath>/<version>/<name>/{weights.safetensors,config.json}``.
 
     Each version is written into a hidden temporary folder and renamed into place, so a version
-    folder exists only once it is complete. Loading uses safetensors and JSON, never pickle.
+    folder exists only once it is complete. Loading uses safetensors and JSON, never pickle, and
+    checks the files (see :func:`~tangshi_pipeline.model.read_artifact`). A broken version is an
+    error that names it and the newest good version to pin: there is no silent fall-back to an
+    older model.
     """
 
     def __init__(self, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
@@ -127,21 +130,47 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
         return {"filepath": self._filepath, "version": self._version}
 
     def load(self) -> Artifact:
-        from tangshi_pipeline.model import load_artifact
+        from tangshi_pipeline.model import ArtifactError, load_artifact
 
         try:
-            path = Path(self._get_load_path())
+            version = self.resolve_load_version()
         except VersionNotFoundError:
             raise DatasetError(
                 f"no trained model in {self._filepath}: run `kedro run --pipeline=training` "
                 f"(or `kedro run`) first."
             ) from None
-        if not path.is_dir():
+        path = Path(self._get_versioned_path(version))
+        if not path.exists():
             raise DatasetError(
-                f"model version {path.parent.name!r} does not exist in {self._filepath}; "
+                f"model version {version!r} does not exist in {self._filepath}; "
                 f"available: {', '.join(self.versions()) or 'none'}."
             )
-        return load_artifact(path)
+        try:
+            return load_artifact(path)
+        except ArtifactError as exc:
+            raise DatasetError(f"model version {version} is broken: {exc} {self._advice(version)}") from None
+
+    def _advice(self, broken: str) -> str:
+        """What to do about a broken version: never fall back silently, name the version to pin."""
+        good = self.newest_good_version(besides=broken)
+        if good is None:
+            return "No other version is usable: retrain with `kedro run --pipeline=training`."
+        return (f"Retrain with `kedro run --pipeline=training`, or use the newest good version: "
+                f"`kedro run --pipeline=generate --load-versions=model:{good}`.")
+
+    def newest_good_version(self, besides: str | None = None) -> str | None:
+        """The newest version (other than ``besides``) whose files pass every load check."""
+        from tangshi_pipeline.model import ArtifactError, read_artifact
+
+        for version in self.versions():
+            if version == besides:
+                continue
+            try:
+                read_artifact(Path(self._get_versioned_path(version)))
+            except ArtifactError:
+                continue
+            return version
+        return None
 
     def save(self, data: Artifact) -> None:
         from tangshi_pipeline.model import save_artifact

@@ -7,22 +7,37 @@ character less likely than "neutral" and the softmax is flattened — and it is 
 here (the classic baseline in ``benchmarks/`` keeps it, to be faithful).
 
 A trained model is stored as ``weights.safetensors`` plus ``config.json``; loading never unpickles.
+``config.json`` records the sha256 of the weights file; loading checks, before any model is built,
+that the architecture is of a sane size, that it matches the tensors in the file (names and
+shapes) and that the file's hash is the recorded one. A model written before hashes were recorded
+loads with a warning that it cannot be verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of each recurrent weight, in units of hidden_dim
 WEIGHTS, CONFIG = "weights.safetensors", "config.json"
+SHA256 = "weights_sha256"  # the key in config.json
+MAX_SIZE = 1 << 20  # vocabulary, embedding or hidden size
+MAX_LAYERS = 64
+MAX_PARAMETERS = 1 << 30  # 4 GiB as float32; the classic-size model has 1.6 M
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,48 @@ class ModelConfig:
     hidden_dim: int = 128
     num_layers: int = 2
     dropout: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: Any) -> ModelConfig:
+        """The ``architecture`` of a config.json, checked before anything is allocated; a bad
+        value raises ValueError naming ``architecture.<key>``."""
+        if data is None:
+            raise ValueError("architecture is missing")
+        if not isinstance(data, dict):
+            raise ValueError(f"architecture must be an object, not {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"architecture: unknown keys {unknown}")
+        if "vocab_size" not in data:
+            raise ValueError("architecture.vocab_size is missing")
+        config = cls(**data)
+        for key in ("vocab_size", "embedding_dim", "hidden_dim", "num_layers"):
+            value, top = getattr(config, key), MAX_LAYERS if key == "num_layers" else MAX_SIZE
+            if type(value) is not int or not 1 <= value <= top:
+                raise ValueError(f"architecture.{key} = {value!r}: expected a whole number, 1 to {top}")
+        if type(config.dropout) not in (int, float) or not 0 <= config.dropout < 1:
+            raise ValueError(f"architecture.dropout = {config.dropout!r}: expected a number in [0, 1)")
+        if config.cell not in CELLS:
+            raise ValueError(f"architecture.cell = {config.cell!r}: expected one of {sorted(CELLS)}")
+        count = sum(math.prod(shape) for shape in parameter_shapes(config).values())
+        if count > MAX_PARAMETERS:
+            raise ValueError(
+                f"architecture {asdict(config)} has {count:,} parameters, over the limit of "
+                f"{MAX_PARAMETERS:,} (4 GiB as float32)"
+            )
+        return config
+
+
+def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in a :class:`CharRNN`'s state dict, without building it."""
+    v, e, h = config.vocab_size, config.embedding_dim, config.hidden_dim
+    rows = GATES[config.cell] * h
+    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (v, e)}
+    for layer in range(config.num_layers):
+        shapes |= {f"rnn.weight_ih_l{layer}": (rows, e if layer == 0 else h),
+                   f"rnn.weight_hh_l{layer}": (rows, h),
+                   f"rnn.bias_ih_l{layer}": (rows,), f"rnn.bias_hh_l{layer}": (rows,)}
+    return shapes | {"head.weight": (v, h), "head.bias": (v,)}
 
 
 class CharRNN(nn.Module):
@@ -78,37 +135,83 @@ class Artifact:
 
 
 def save_artifact(folder: Path, artifact: Artifact) -> None:
-    """Write weights and config into ``folder`` (the caller makes the folder's publication atomic)."""
+    """Write weights and config (with the weights' sha256) into ``folder`` (the caller makes the
+    folder's publication atomic)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in artifact.model.state_dict().items()}
-    save_file(state, folder / WEIGHTS, metadata={"format": "pt"})
-    config = {"architecture": asdict(artifact.model.config), **artifact.meta}
+    data = save_tensors(state, metadata={"format": "pt"})
+    (folder / WEIGHTS).write_bytes(data)
+    config = {"architecture": asdict(artifact.model.config), **artifact.meta,
+              SHA256: hashlib.sha256(data).hexdigest()}
     (folder / CONFIG).write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The config.json of a model folder as a dict; anything else is an :class:`ArtifactError`."""
+    path = folder / CONFIG
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactError(f"{folder} is a file, not a model folder ({WEIGHTS} + {CONFIG}).")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing: the model folder is incomplete.") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not a valid model config ({exc}).") from None
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{path} is not a JSON object (it holds a {type(config).__name__}).")
+    return config
+
+
+def read_artifact(folder: Path | str) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """Read and check a model folder without building the model: the architecture, the tensors
+    (whose names and shapes match it) and the rest of config.json (with the recorded sha256, if
+    any). Every problem is an :class:`ArtifactError` naming the file."""
+    folder = Path(folder)
+    meta = read_config(folder)
+    try:
+        arch = ModelConfig.from_json(meta.pop("architecture", None))
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"{folder / CONFIG}: {exc}.") from None
+    try:
+        data = (folder / WEIGHTS).read_bytes()
+        state = load_tensors(data)
+    except FileNotFoundError:
+        raise ArtifactError(f"{folder / WEIGHTS} is missing: the model folder is incomplete.") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{folder / WEIGHTS} is truncated or corrupted ({exc}).") from None
+    _check_shapes(folder, arch, state)
+    recorded = meta.get(SHA256)
+    if recorded is not None and recorded != hashlib.sha256(data).hexdigest():
+        raise ArtifactError(
+            f"{folder / WEIGHTS} has changed since it was written: its sha256 is not the one recorded "
+            f"in {CONFIG} (the file is corrupted or was modified)."
+        )
+    return arch, state, meta
+
+
+def _check_shapes(folder: Path, arch: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    expected, found = parameter_shapes(arch), {k: tuple(v.shape) for k, v in state.items()}
+    if found == expected:
+        return
+    wrong = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+    name = wrong[0]
+    raise ArtifactError(
+        f"{folder / WEIGHTS} does not match the architecture in {CONFIG} ({folder / CONFIG}): tensor "
+        f"{name!r} is {list(found[name]) if name in found else 'absent'} in the weights but "
+        f"{list(expected[name]) if name in expected else 'unknown'} for {asdict(arch)}."
+    )
 
 
 def load_artifact(folder: Path | str) -> Artifact:
     """Read an artifact written by :func:`save_artifact`, on the CPU, in eval mode."""
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-        arch = ModelConfig(**config.pop("architecture"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{folder / CONFIG} is missing: the model folder is incomplete; retrain it.") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ArtifactError(f"{folder / CONFIG} is not a valid model config ({exc}); retrain the model.") from None
-    if arch.cell not in CELLS:
-        raise ArtifactError(f"{folder / CONFIG}: unknown cell {arch.cell!r} (one of {sorted(CELLS)}).")
-    try:
-        state = load_file(folder / WEIGHTS)
-    except FileNotFoundError:
-        raise ArtifactError(f"{folder / WEIGHTS} is missing: the model folder is incomplete; retrain it.") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ArtifactError(f"{folder / WEIGHTS} is truncated or corrupted ({exc}); retrain the model.") from None
+    arch, state, meta = read_artifact(folder)
+    if meta.pop(SHA256, None) is None:
+        log.warning("%s cannot be verified: %s records no sha256 (a model saved before hashes were "
+                    "recorded); retrain to get a verifiable model.", Path(folder) / WEIGHTS, CONFIG)
     model = CharRNN(arch)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(
-            f"{folder / WEIGHTS} does not match the architecture in {CONFIG}: {str(exc).splitlines()[0]}"
-        ) from None
-    return Artifact(model.eval(), config)
+    except RuntimeError as exc:  # names and shapes match (checked above): only odd dtypes get here
+        first_line = str(exc).splitlines()[0]
+        raise ArtifactError(f"{Path(folder) / WEIGHTS} cannot be loaded: {first_line}") from None
+    return Artifact(model.eval(), meta)
