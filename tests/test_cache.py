@@ -18,6 +18,7 @@ import pytest
 from kedro.framework.hooks import hook_impl
 
 from tangshi_pipeline.cache import FORCE_ENV, CachedSession
+from tangshi_pipeline.corpus import write_manifest
 from tests.conftest import shipped_params
 
 DP = ["flatten", "clean", "build_prosody", "frame", "build_vocab", "vectorize"]
@@ -91,6 +92,7 @@ def test_edited_raw_file_reruns_everything(project):
     poems = json.loads(raw.read_text("utf-8"))
     poems[0]["paragraphs"] = ["白日依山盡，黃河入海流。", "欲窮千里目，更上一層樓。"]
     raw.write_text(json.dumps(poems, ensure_ascii=False), "utf-8")
+    write_manifest(raw.parents[1], source="an edited corpus")  # else the raw dataset refuses it
     ran, _ = run(project.path, "data_processing")
     assert ran == DP
 

@@ -3,6 +3,9 @@ node runs (the ValidateParameters hook)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,4 +72,71 @@ def test_acrostic_length_must_fit_the_form():
 def test_validation_runs_before_any_node(project):
     with pytest.raises(ParameterError, match="training.cell = 'transformer'"):
         project.run(params={"training.cell": "transformer"})  # the default pipeline: data_processing first
+    assert not (project.path / "data/02_intermediate/poems.parquet").exists()
+
+
+# ------------------------------------------- values that passed validation, then crashed (15.9)
+
+BOUNDED = [  # (section, key, value, what the message must say)
+    ("generate", "device", "meta", "generate.device = 'meta': must be cpu, cuda, cuda:N (N: a GPU index) or mps"),
+    ("generate", "device", "cuda:x", "generate.device = 'cuda:x': must be cpu, cuda, cuda:N"),
+    ("training", "seed", 2**70, f"training.seed = {2**70}: must be between 0 and 4294967295"),
+    ("training", "seed", -1, "training.seed = -1: must be between 0 and 4294967295"),
+    ("generate", "seed", 2**64, f"generate.seed = {2**64}: must be between 0 and 4294967295"),
+    ("training", "batch_size", 10**9, "training.batch_size = 1000000000: must be between 1 and 8192"),
+    ("generate", "batch_size", 10**9, "generate.batch_size = 1000000000: must be between 1 and 65536"),
+    ("training", "hidden_dim", 10**5, "training.hidden_dim = 100000: must be between 1 and 4096"),
+    ("training", "embedding_dim", 10**5, "training.embedding_dim = 100000: must be between 1 and 4096"),
+    ("training", "num_layers", 100, "training.num_layers = 100: must be between 1 and 8"),
+    ("generate", "num_samples", 100_001, "generate.num_samples = 100001: must be between 1 and 100000"),
+    ("generate", "num_samples", 100_000, "generate.num_samples = 100000 with 7 begin words makes 700,000 poems, "
+                                         "over the 100,000 one run may write: allowed 1..14285 with 7 begin words"),
+]
+
+
+@pytest.mark.parametrize("section, key, value, message", BOUNDED)
+def test_values_beyond_the_limits_are_named_with_the_range(section, key, value, message):
+    with pytest.raises(ParameterError) as err:
+        validate_all(with_value(section, key, value))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("generate", "device", "cuda:1"), ("generate", "device", "mps"), ("training", "seed", 2**32 - 1),
+    ("training", "hidden_dim", 4096), ("training", "batch_size", 8192), ("generate", "batch_size", 65536),
+])
+def test_values_at_the_limits_are_accepted(section, key, value):
+    validate_all(with_value(section, key, value))
+
+
+def test_one_begin_word_may_have_the_whole_poem_budget():
+    params = with_value("generate", "num_samples", 100_000)
+    params["generate"]["begin_words"] = ["日"]
+    validate_all(params)
+    params["generate"] |= {"begin_words": ["日", "月"], "acrostic": "春江花月", "form": "qijue"}
+    validate_all(params)  # an acrostic writes num_samples poems, whatever the begin words
+
+
+def kedro_run(project, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
+    return subprocess.run([str(Path(sys.executable).with_name("kedro")), "run", *args], cwd=project.path,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("pipeline, overrides, messages", [
+    ("__default__", f"training.seed={2**70},training.batch_size={10**9},training.hidden_dim={10**5}",
+     [f"training.seed = {2**70}: must be between 0 and 4294967295",
+      "training.batch_size = 1000000000: must be between 1 and 8192",
+      "training.hidden_dim = 100000: must be between 1 and 4096"]),
+    ("generate", "generate.device=meta", ["generate.device = 'meta': must be cpu, cuda, cuda:N"]),
+    ("generate", "generate.num_samples=100000", ["generate.num_samples = 100000 with 7 begin words",
+                                                 "allowed 1..14285 with 7 begin words"]),
+])
+def test_kedro_run_rejects_them_before_any_node(project, pipeline, overrides, messages):
+    result = kedro_run(project, f"--pipeline={pipeline}", f"--params={overrides}")
+    assert result.returncode != 0
+    log = " ".join((result.stdout + result.stderr).split())
+    for message in messages:
+        assert message in log
+    assert "Running node" not in log
     assert not (project.path / "data/02_intermediate/poems.parquet").exists()

@@ -11,6 +11,17 @@ pipeline reads: the Tang poems, their aligned tone patterns (strains) and the Ta
 The result is published atomically: everything is extracted into a temporary folder beside the
 target, checked against its manifest, then renamed into place. A folder without a valid
 ``MANIFEST.json`` is never taken for a complete corpus.
+
+``MANIFEST.json`` (format 2) records the content of every file::
+
+    {"format": 2, "package": "chinese-poetry@2.0.1", "source": "…",
+     "files": {"poems/poet.tang.0.json": {"size": 408405, "sha256": "…"}, …}}
+
+:func:`check_complete` holds a folder to it: every listed file present with that size and SHA-256,
+and no unlisted ``*.json`` file (the raw dataset, ``VerifiedPartitionedDataset``, runs the same check
+on every load). A folder that ``make data`` published but that no longer matches — a file missing,
+changed or added, or an older manifest that recorded sizes only — is fetched again and replaced;
+a folder without a readable manifest is never touched (it may be someone's own work).
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ INTEGRITY = (
 EXPECTED_POEM_FILES = 58  # poet.tang.0.json … poet.tang.57000.json
 DEFAULT_TARGET = Path("data/01_raw/tang")
 MANIFEST = "MANIFEST.json"
+MANIFEST_FORMAT = 2  # 1 (no "format" key): sizes only; 2: size and SHA-256 per file
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 # Where each part lives in the npm tarball, and in a git checkout of the repository.
 _POEMS = re.compile(r"(?:^|/)(?:dist/quantangshi|quantangshi|全唐诗)/(poet\.tang\.\d+\.json)$")
@@ -46,6 +59,18 @@ _AUTHORS = re.compile(r"(?:^|/)(?:dist/quantangshi|quantangshi|全唐诗)/(autho
 
 class CorpusError(RuntimeError):
     """A problem with fetching or verifying the corpus; the message says what to do."""
+
+
+class StaleCorpusError(CorpusError):
+    """A folder ``make data`` published no longer matches its manifest, or has a size-only manifest
+    from an older ``make data``: ``make data`` fetches it again and replaces it."""
+
+    def __init__(self, target: Path, problem: str, todo: str):
+        self.problem = problem
+        super().__init__(
+            f"{problem}. Run `make data` to {todo}: it fetches the corpus again and replaces {target} "
+            f"(or delete {target} and run `make data`)."
+        )
 
 
 def _destination(member: str) -> str | None:
@@ -68,30 +93,86 @@ def sri_sha512(path: Path) -> str:
     return "sha512-" + base64.b64encode(digest.digest()).decode()
 
 
-def check_complete(target: Path) -> dict:
-    """Return the manifest if ``target`` holds a complete corpus; raise CorpusError if not."""
-    manifest_path = target / MANIFEST
-    if not manifest_path.is_file():
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(folder: Path, source: str) -> dict:
+    """Record the size and SHA-256 of every file under ``folder`` in its MANIFEST.json.
+
+    Only for a folder nobody reads yet (the temporary folder before it is renamed into place, or a
+    test's fixture): the manifest is written in place, not atomically."""
+    files = {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": sha256_of(path)}
+        for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST
+    }
+    manifest = {"format": MANIFEST_FORMAT, "package": f"{PACKAGE}@{VERSION}", "source": source, "files": files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
+    return manifest
+
+
+def _unusable_manifest(target: Path, problem: str) -> CorpusError:
+    return CorpusError(
+        f"{target / MANIFEST} {problem}, so {target} cannot be checked: it may be left from an "
+        f"interrupted copy or edited by hand. Delete {target} (or move it aside) and run `make data`."
+    )
+
+
+def read_manifest(target: Path) -> dict:
+    """The manifest of ``target``; CorpusError when it is missing or not a manifest, and
+    StaleCorpusError when it is a size-only manifest from an older ``make data``."""
+    path = target / MANIFEST
+    if not path.is_file():
         raise CorpusError(
             f"{target} exists but is not a complete corpus (no {MANIFEST}): it may be left from an "
             f"interrupted copy. Move it aside or delete it, then run `make data` again."
         )
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (ValueError, KeyError) as exc:
-        raise CorpusError(f"{manifest_path} is unreadable ({exc}); delete {target} and run `make data`.")
-    missing = [name for name, size in files.items() if not (target / name).is_file()]
-    resized = [
-        name for name, size in files.items()
-        if name not in missing and (target / name).stat().st_size != size
-    ]
-    if missing or resized:
-        bad = ", ".join((missing + resized)[:5])
-        raise CorpusError(
-            f"{target} is incomplete: {len(missing)} file(s) missing and {len(resized)} changed since "
-            f"the fetch (e.g. {bad}). Delete {target} and run `make data` again."
-        )
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise _unusable_manifest(target, f"is unreadable ({exc})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise _unusable_manifest(target, 'is not a manifest (no "files" object)')
+    if manifest.get("format") is None and all(type(size) is int for size in files.values()):
+        raise StaleCorpusError(target, f"{path} is a size-only manifest from an older `make data`: it records "
+                                       f"no content hashes, so the corpus cannot be checked", "upgrade it")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise _unusable_manifest(target, f"has format {manifest.get('format')!r}, not {MANIFEST_FORMAT}")
+    for name, entry in files.items():
+        if not (isinstance(entry, dict) and type(entry.get("size")) is int
+                and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"])):
+            raise _unusable_manifest(target, f"has a bad entry for {name!r} (expected size and sha256)")
+    return manifest
+
+
+def _problems(target: Path, files: dict[str, dict]) -> list[str]:
+    """What differs between ``target`` and the manifest's ``files``: one phrase per file."""
+    problems = []
+    for name, entry in files.items():
+        path = target / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != entry["size"] or sha256_of(path) != entry["sha256"]:
+            problems.append(f"{name} changed since the fetch (its SHA-256 differs)")
+    extra = sorted(p.relative_to(target).as_posix() for p in target.rglob("*.json") if p.is_file())
+    problems += [f"{name} is not in {MANIFEST}" for name in extra if name not in files and name != MANIFEST]
+    return problems
+
+
+def check_complete(target: Path) -> dict:
+    """Return the manifest if ``target`` holds exactly the files it lists, with their content.
+
+    CorpusError when the manifest is missing or unusable; StaleCorpusError naming the files when a
+    file is missing, changed or not listed, or when the manifest is a size-only one.
+    """
+    manifest = read_manifest(target)
+    problems = _problems(target, manifest["files"])
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StaleCorpusError(target, f"the corpus in {target} is not what `make data` fetched: "
+                                       + "; ".join(problems[:3]) + more, "repair it")
     return manifest
 
 
@@ -108,7 +189,6 @@ def _publish(members: dict[str, bytes | Path], target: Path, source: str) -> Non
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        sizes = {}
         for name, content in sorted(members.items()):
             out = tmp / name
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,12 +196,23 @@ def _publish(members: dict[str, bytes | Path], target: Path, source: str) -> Non
                 shutil.copyfile(content, out)
             else:
                 out.write_bytes(content)
-            sizes[name] = out.stat().st_size
-        manifest = {"package": f"{PACKAGE}@{VERSION}", "source": source, "files": sizes}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
-        os.replace(tmp, target)  # atomic on one file system; target is known to be absent
+        write_manifest(tmp, source)
+        _replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Rename the folder ``new`` to ``target``; an existing ``target`` is moved aside first and
+    deleted after. Each rename is atomic: ``target`` is always either the old folder, the new
+    one or absent (then the next ``make data`` fetches it)."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def extract_tarball(tarball: Path, target: Path, integrity: str = INTEGRITY) -> None:
@@ -177,11 +268,19 @@ def npm_pack(workdir: Path) -> Path:
 
 def fetch(target: Path = DEFAULT_TARGET, tarball: Path | None = None, checkout: Path | None = None,
           log=print) -> bool:
-    """Make ``target`` hold the complete corpus. Returns False when it already did."""
+    """Make ``target`` hold the complete corpus. Returns False when it already did.
+
+    A folder that an earlier ``make data`` published but that no longer matches its manifest (or
+    whose manifest records sizes only) is fetched again and replaced; any other existing folder
+    without a valid manifest is left alone and reported."""
     if target.exists():
-        check_complete(target)
-        log(f"corpus already present in {target}")
-        return False
+        try:
+            check_complete(target)
+        except StaleCorpusError as exc:
+            log(f"{exc.problem}; fetching it again")
+        else:
+            log(f"corpus already present in {target}")
+            return False
     if checkout is not None:
         copy_checkout(checkout, target)
     elif tarball is not None:

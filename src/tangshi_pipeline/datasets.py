@@ -1,6 +1,8 @@
 """Project datasets: what kedro-datasets does not give us.
 
 ``AtomicJSONDataset`` is kedro-datasets' JSONDataset with the same atomic publication.
+``VerifiedPartitionedDataset`` is kedro-datasets' PartitionedDataset checked against the corpus's
+MANIFEST.json (content hashes) on every load.
 ``ModelArtifact`` is the versioned model: safetensors weights plus a JSON config, never pickle.
 
 ``TrainingCheckpoints`` gives the training node a :class:`CheckpointStore`: resumable training
@@ -29,7 +31,10 @@ from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Ve
 from kedro.io.core import VersionNotFoundError
 from kedro_datasets._typing import JSONPreview, TablePreview
 from kedro_datasets.json import JSONDataset
+from kedro_datasets.partitions import PartitionedDataset
 from safetensors import SafetensorError
+
+from tangshi_pipeline.corpus import CorpusError, check_complete
 
 if TYPE_CHECKING:  # torch (through the model module) is imported on first use, not with the catalog
     import torch
@@ -110,6 +115,38 @@ class AtomicJSONDataset(JSONDataset):
         text = json.dumps(data, **self._save_args)
         atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._invalidate_cache()
+
+
+class VerifiedPartitionedDataset(PartitionedDataset):
+    """kedro-datasets' PartitionedDataset over the raw corpus folder, held to its MANIFEST.json.
+
+    ``load`` first checks the folder against the manifest ``make data`` wrote (``corpus.py``): every
+    listed file present with its SHA-256, no unlisted ``*.json``. A missing, changed, added or
+    unreadable file, or a missing, size-only or malformed manifest, fails the load with one message
+    naming the file and saying to run ``make data``. The partitions returned are the base class's.
+    ``check_manifest: false`` (e.g. in conf/local for a hand-made folder) turns the check off.
+    """
+
+    def __init__(self, *, check_manifest: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        if check_manifest and self._protocol not in ("file", "local"):
+            raise DatasetError(f"{self._path}: the manifest check needs a local folder; "
+                               f"set check_manifest: false for {self._protocol}:// paths.")
+        self._check_manifest = check_manifest
+
+    def _describe(self) -> dict[str, Any]:
+        return {**super()._describe(), "check_manifest": self._check_manifest}
+
+    def load(self) -> dict[str, Any]:
+        if self._check_manifest:
+            folder = Path(self._path)
+            if not folder.is_dir():
+                raise DatasetError(f"no corpus in {folder}: run `make data` to fetch it.")
+            try:
+                check_complete(folder)
+            except CorpusError as exc:
+                raise DatasetError(str(exc)) from None
+        return super().load()
 
 
 class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):

@@ -11,14 +11,35 @@ the parameter, the value and the rule it broke.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tangshi_pipeline.prosody import FORMS
 
 Char = Annotated[str, Field(min_length=1, max_length=1)]
 M = TypeVar("M", bound=BaseModel)
+
+# Upper limits: far above real use (the classic model is 100 / 128 × 2, batches of 32 on a CPU and
+# 1,024 on a GPU), low enough that a typo fails here, naming itself, instead of in the allocator.
+# At every limit at once the LSTM has about 1.1 billion weights (4.5 GB; about 18 GB to train with
+# AdamW, before activations): it fits a big GPU. A smaller device can run out of memory below them.
+# Seeds: 0 … 2³² − 1, as NumPy's; the batch order's torch generator is seeded with
+# seed × 1,000,003 + epoch, which must stay below 2⁶⁴.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+MAX_WIDTH = 4096           # training.embedding_dim, training.hidden_dim
+MAX_LAYERS = 8             # training.num_layers
+MAX_TRAIN_BATCH = 8192     # training.batch_size
+MAX_DECODE_BATCH = 65536   # generate.batch_size
+MAX_POEMS = 100_000        # generate: num_samples × begin words (or × 1 for an acrostic) in one run
+
+
+def _device(name: str) -> str:
+    """generate.device: cpu, cuda, cuda:N or mps (training.device is one of auto, cpu, cuda, mps)."""
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?|mps", name):
+        raise ValueError("must be cpu, cuda, cuda:N (N: a GPU index) or mps")
+    return name
 
 
 class Params(BaseModel):
@@ -66,6 +87,14 @@ class ParameterError(ValueError):
     """A parameter failed validation; the message names it."""
 
 
+def _range(model: type[BaseModel], loc: tuple) -> tuple[Any, Any] | None:
+    """(low, high) of a top-level field bounded on both sides (ge and le), else None."""
+    field = model.model_fields.get(loc[0]) if len(loc) == 1 else None
+    bounds = {name: getattr(rule, name) for rule in (field.metadata if field is not None else ())
+              for name in ("ge", "le") if getattr(rule, name, None) is not None}
+    return (bounds["ge"], bounds["le"]) if len(bounds) == 2 else None
+
+
 def parse(model: type[M], section: str, raw: Any) -> M:
     """Validate ``raw`` (the ``params:<section>`` dict) into ``model``, or raise ParameterError."""
     if isinstance(raw, model):
@@ -76,8 +105,12 @@ def parse(model: type[M], section: str, raw: Any) -> M:
         problems = []
         for err in exc.errors():
             where = ".".join([section, *(str(p) for p in err["loc"])])
-            value = f" = {err['input']!r}" if "input" in err and err["type"] != "missing" else ""
-            problems.append(f"{where}{value}: {err['msg']}")
+            shown = "input" in err and err["type"] != "missing" and err["loc"]  # not a whole section
+            value = f" = {err['input']!r}" if shown else ""
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] in ("greater_than_equal", "less_than_equal") and (bounds := _range(model, err["loc"])):
+                message = f"must be between {bounds[0]} and {bounds[1]}"
+            problems.append(f"{where}{value}: {message}")
         raise ParameterError(
             "invalid parameter " + "; ".join(problems)
             + f" (set it in conf/base/parameters_{section}.yml or with --params)"
@@ -93,15 +126,15 @@ def validate_all(params: dict[str, Any]) -> None:
 
 class TrainingParams(Params):
     cell: Literal["rnn", "lstm", "gru"]
-    embedding_dim: int = Field(ge=1)
-    hidden_dim: int = Field(ge=1)
-    num_layers: int = Field(ge=1)
+    embedding_dim: int = Field(ge=1, le=MAX_WIDTH)
+    hidden_dim: int = Field(ge=1, le=MAX_WIDTH)
+    num_layers: int = Field(ge=1, le=MAX_LAYERS)
     dropout: float = Field(ge=0, lt=1)
     optimizer: Literal["adamw", "rmsprop"]
     learning_rate: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     grad_clip: float | None = Field(gt=0)
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, le=MAX_TRAIN_BATCH)
     epochs: int = Field(ge=1)
     max_minutes: float | None = Field(gt=0)
     checkpoint_every: int = Field(ge=1)
@@ -110,7 +143,7 @@ class TrainingParams(Params):
     precision: Literal["fp32", "bf16"]
     fused_head: Literal["auto"] | bool
     threads: int = Field(ge=0)
-    seed: int
+    seed: Seed
     resume: bool
     world_size: int = Field(ge=1)
 
@@ -130,15 +163,15 @@ class GenerateParams(Params):
     temperature: float = Field(gt=0, le=10)
     top_k: int = Field(ge=0)
     top_p: float = Field(gt=0, le=1)
-    num_samples: int = Field(ge=1, le=100_000)
+    num_samples: int = Field(ge=1, le=MAX_POEMS)
     max_length: int = Field(ge=1, le=200)
     tones: Literal["loose", "strict"]
     rhyme: bool
     no_repeat_ngram: int = Field(ge=0, le=16)
     no_copy: bool
-    seed: int = Field(ge=0)
-    batch_size: int = Field(ge=1)
-    device: str
+    seed: Seed
+    batch_size: int = Field(ge=1, le=MAX_DECODE_BATCH)
+    device: Annotated[str, AfterValidator(_device)]
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -157,6 +190,14 @@ class GenerateParams(Params):
         if self.form == "free" and self.no_copy:
             raise ValueError("no_copy: true needs a regular form (wujue, qijue, wulv or qilv): "
                              "form free has no fixed line length to check at")
+        starts = 1 if self.acrostic else len(self.begin_words)
+        if self.num_samples * starts > MAX_POEMS:
+            raise ValueError(
+                f"generate.num_samples = {self.num_samples} with {starts} begin words makes "
+                f"{self.num_samples * starts:,} poems, over the {MAX_POEMS:,} one run may write: "
+                f"allowed 1..{MAX_POEMS // starts} with {starts} begin words; lower generate.num_samples "
+                f"or give fewer generate.begin_words"
+            )
         return self
 
 

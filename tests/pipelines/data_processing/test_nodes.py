@@ -102,6 +102,28 @@ def test_flatten_classic_text(data_params):
     assert poems["id"].is_unique
 
 
+@pytest.mark.parametrize("inside", ["\x0c", "\u2028", "\u2029", "\x85", "\v", "\x1c", "\x1d", "\x1e", "\r"])
+def test_classic_lines_break_only_at_newlines(data_params, inside):
+    text = f"甲:白日依山尽，{inside}黄河入海流。\r\n没有冒号\n乙:床前明月光。\n"
+    poems, report = flatten_corpus(text, data_params)
+    assert poems["title"].tolist() == ["甲", "乙"]
+    assert poems["text"].iloc[0] == f"白日依山尽，{inside}黄河入海流。"  # clean removes the whitespace
+    assert report["lines"] == 3  # as `wc -l` counts them
+    assert report["unusable_lines"]["no_separator"]["example"]["line"] == 2  # as `grep -n` numbers it
+    assert poems["source"].tolist() == ["poems.txt:1", "poems.txt:3"]
+
+
+def test_flatten_lone_surrogate_names_the_partition_record_and_field(data_params):
+    bad = '[{"id": "x", "author": "a", "title": "t", "paragraphs": ["ok", "\\ud800"]}]'
+    with pytest.raises(CorpusFormatError) as err:
+        flatten_corpus(partitions(REAL, raw={"poems/poet.tang.9000": bad}), data_params)
+    assert ("raw corpus partition 'poems/poet.tang.9000.json': record 0 (id 'x'): field 'paragraphs' (line 2) "
+            "holds a lone surrogate '\\ud800' at character 1") in str(err.value)
+    poems, report = flatten_corpus(partitions(REAL, raw={"poems/poet.tang.9000": bad}),
+                                   {**data_params, "skip_bad_partitions": True})
+    assert len(poems) == len(REAL) and report["skipped_partitions"][0]["partition"] == "poems/poet.tang.9000.json"
+
+
 def test_classic_ids_do_not_depend_on_line_numbers(data_params):
     a, _ = flatten_corpus("甲:山高月小，水落石出。\n乙:白日依山尽，黄河入海流。", data_params)
     b, _ = flatten_corpus("\n\n乙:白日依山尽，黄河入海流。\n甲:山高月小，水落石出。", data_params)

@@ -23,6 +23,7 @@ from tangshi_pipeline.prosody import build_rhyme_table, build_tone_lexicon, read
 from tangshi_pipeline.vocab import Vocab
 
 _WHITESPACE = re.compile(r"\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate: JSON's "\ud800" escape, not text
 _PARTITION = re.compile(r"^(poems|strains)/poet\.tang\.(\d+)$")
 CLASSIC_SEPARATOR = ":"  # "title:content"; content is what follows the LAST colon
 
@@ -76,6 +77,27 @@ def _check_strains(records: Any) -> None:
             raise CorpusFormatError(f"record {i}: expected {{'id': str, 'strains': [str, …]}}")
 
 
+def _lone_surrogate(records: list[dict], fields: tuple[str, ...]) -> str:
+    """Where the first lone surrogate is: the record, the field and (for a list) the line."""
+    for i, record in enumerate(records):
+        for field in fields:
+            values = record[field] if isinstance(record[field], list) else [record[field]]
+            for line, value in enumerate(values, start=1):
+                if m := _SURROGATE.search(value):
+                    where = f"{field!r} (line {line})" if isinstance(record[field], list) else repr(field)
+                    return (f"record {i} (id {record['id']!r}): field {where} holds a lone surrogate "
+                            f"{m.group()!r} at character {m.start() + 1}, which is not Unicode text")
+    return "a lone surrogate"  # not reached: the caller found one
+
+
+def _check_unicode(records: list[dict], values: list[str], fields: tuple[str, ...]) -> None:
+    """Every string read must be encodable (UTF-8): one encode of them all, the search only on failure."""
+    try:
+        "".join(values).encode("utf-8")
+    except UnicodeEncodeError:
+        raise CorpusFormatError(_lone_surrogate(records, fields)) from None
+
+
 def _poem_rows(records: Any) -> list[tuple[str, str, str, str]]:
     """(id, author, title, text) per poem; on any malformed record, the precise problem."""
     try:
@@ -88,6 +110,7 @@ def _poem_rows(records: Any) -> list[tuple[str, str, str, str]]:
         ok = False
     if not ok:
         _check_poems(records)  # raises CorpusFormatError naming the record and field
+    _check_unicode(records, [value for row in rows for value in row], ("id", "author", "title", "paragraphs"))
     return rows
 
 
@@ -100,6 +123,7 @@ def _strain_rows(records: Any) -> dict[str, str]:
         ok = False
     if not ok:
         _check_strains(records)
+    _check_unicode(records, [*tones, *tones.values()], ("id", "strains"))
     return tones
 
 
@@ -172,10 +196,19 @@ def _decode_classic(data: bytes) -> str:
         ) from None
 
 
+def _lines(text: str) -> list[str]:
+    """Split on ``\n`` and ``\r\n`` only, as ``grep -n`` and editors count lines: a form feed,
+    U+2028 or another character ``str.splitlines`` also breaks on stays inside its line."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the file's final newline ends the last line; it does not start another
+    return [line.removesuffix("\r") for line in lines]
+
+
 def _flatten_classic(text: str):
     rows = {"id": [], "author": [], "title": [], "text": [], "tones": [], "source": []}
     unusable: dict[str, dict] = {}
-    lines = text.lstrip("\ufeff").splitlines()
+    lines = _lines(text.lstrip("\ufeff"))
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line:
