@@ -20,8 +20,10 @@ saved:
 ``code``
     The node function's source and, transitively, the source of every project function, class
     and module it references by a global name (walking the code objects' names, closures and
-    default values), plus constants those names bind to. "Project" = any module whose file is not
-    inside the Python installation or site-packages (``src/tangshi_pipeline``, test modules).
+    default values), plus constants those names bind to. "Project" = the project's package
+    (``tangshi_pipeline``, Kedro's ``PACKAGE_NAME``) wherever it is installed — an installed wheel
+    too — and any other module whose file is not inside the Python installation or site-packages
+    (test modules).
     Limits: library code is identified by name and version only (a torch upgrade does not
     invalidate the cache: use ``--force``); code reached only dynamically (``getattr`` with a
     computed name, ``importlib``) or through an attribute of an object rather than a global name
@@ -73,6 +75,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
+import kedro.framework.project as kedro_project
 from kedro.framework.hooks import hook_impl
 from kedro.framework.session import KedroSession
 from kedro.io import AbstractVersionedDataset, MemoryDataset
@@ -195,9 +198,21 @@ def _library_roots() -> tuple[str, ...]:
 _LIB_ROOTS = _library_roots()
 
 
-@functools.lru_cache(maxsize=None)
+def _project_packages() -> set[str]:
+    """The project's own top-level packages: this one and Kedro's configured ``PACKAGE_NAME``."""
+    return {__name__.split(".")[0], kedro_project.PACKAGE_NAME} - {None, ""}
+
+
 def _owned_module(name: str) -> bool:
-    """A module of this project (or its tests), as opposed to the stdlib or an installed library."""
+    """A module of this project (or its tests), as opposed to the stdlib or an installed library.
+    The project's own package counts as the project's wherever it is installed (site-packages
+    after ``kedro package`` + ``pip install``), so its code is always fingerprinted by content."""
+    top = name.split(".")[0]
+    return top in _project_packages() or _outside_libraries(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _outside_libraries(name: str) -> bool:
     module = sys.modules.get(name)
     file = getattr(module, "__file__", None)
     if not file:

@@ -1,0 +1,142 @@
+"""The stage cache under stress: concurrent runs (the project lock), cache files that are damaged
+or cannot be written, the project installed from a wheel, and runs that go without the cache.
+
+In-process runs go through the project's SESSION_CLASS (``tests.test_cache.run``); the scenarios a
+user meets at a shell run the real ``kedro`` command (or ``python -m tangshi_pipeline``) in the
+throw-away project of ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import tangshi_pipeline.cache as cache
+from tangshi_pipeline.cache import CachedRunner
+from tests.conftest import ROOT, lay_out_project
+from tests.test_cache import DP, report, run
+
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+LOCK_WAIT_ENV = "TANGSHI_LOCK_WAIT"  # seconds a run waits for another run's lock
+HOLD_LOCK = """
+import sys, time
+from tangshi_pipeline.cache import project_lock
+with project_lock(sys.argv[1], "a test holding the lock", wait_s=0):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def shell_env(**extra: str) -> dict:
+    return {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400", **extra}
+
+
+def kedro_run(cwd: Path, *args: str, **env: str) -> tuple[int, str]:
+    """``kedro run <args>`` in ``cwd``: (exit code, output with whitespace runs folded)."""
+    done = subprocess.run([KEDRO, "run", *args], cwd=cwd, env=shell_env(**env), capture_output=True,
+                          text=True, timeout=300)
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
+def hold_lock(project_path: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the project lock; returns once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(project_path), str(seconds)],
+                              stdout=subprocess.PIPE, text=True, env=shell_env())
+    for line in holder.stdout:  # Kedro's start-up log lines come first
+        if line.strip() == "locked":
+            return holder
+    raise AssertionError(f"the lock holder exited with {holder.wait()} before taking the lock")
+
+
+def stop(holder: subprocess.Popen) -> None:
+    if holder.poll() is None:
+        holder.kill()
+    holder.wait(timeout=30)
+
+
+def lock_file(project_path: Path) -> Path:
+    return project_path / "data/.cache/run.lock"
+
+
+def record_path(project_path: Path, node: str) -> Path:
+    return next((project_path / "data/.cache/nodes").glob(f"{node}-*.json"))
+
+
+# ------------------------------------------------------------------------ installed from a wheel
+
+LOCATE_FRAME = """
+import inspect, tangshi_pipeline
+from tangshi_pipeline.pipelines.data_processing.pipeline import create_pipeline
+node = next(n for n in create_pipeline().nodes if n.name.split(".")[-1] == "frame")
+print(tangshi_pipeline.__file__, node.name, inspect.getsourcefile(node.func), node.func.__name__, sep="\\n")
+"""
+
+
+def _edit_function(source_file: Path, function: str) -> None:
+    """Add a statement to ``function`` (before its last statement): new code, same behaviour."""
+    text = source_file.read_text("utf-8")
+    tree = ast.parse(text)
+    body = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == function).body
+    lines = text.splitlines(keepends=True)
+    last = body[-1]
+    lines.insert(last.lineno - 1, " " * last.col_offset + "pass  # edited after installation\n")
+    source_file.write_text("".join(lines), "utf-8")
+
+
+@pytest.fixture
+def deployed(tmp_path):
+    """`kedro package` a copy of the project and `pip install --no-deps --target` the wheel into a
+    folder inside this Python installation (``sys.prefix``), where installed libraries live, as
+    after `pip install dist/*.whl`; the folder is removed afterwards. Runs import it first with
+    ``PYTHONPATH``."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "conf", source / "conf", ignore=shutil.ignore_patterns("local"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    built = subprocess.run([KEDRO, "package"], cwd=source, env=shell_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    wheel = next((source / "dist").glob("tangshi_pipeline-*.whl"))
+    if not os.access(sys.prefix, os.W_OK):
+        pytest.skip(f"cannot install into this Python installation ({sys.prefix} is read-only)")
+    target = Path(tempfile.mkdtemp(prefix="test-deployed-", dir=sys.prefix))
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                        "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+        yield target
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_an_installed_wheel_reruns_a_node_edited_in_the_installed_copy(tmp_path, deployed):
+    project = lay_out_project(tmp_path / "project")
+    env = shell_env(PYTHONPATH=str(deployed))
+    located = subprocess.check_output([sys.executable, "-c", LOCATE_FRAME], cwd=project, env=env, text=True)
+    package_file, node, source_file, function = located.strip().splitlines()[-4:]
+    assert Path(package_file).is_relative_to(deployed)  # the installed copy, not the editable source
+    assert Path(source_file).is_relative_to(deployed)
+
+    def python_m_run() -> str:
+        done = subprocess.run([sys.executable, "-m", "tangshi_pipeline", "--pipelines=data_processing"],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=300)
+        log = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 0, log[-3000:]
+        return log
+
+    python_m_run()
+    _edit_function(Path(source_file), function)
+    log = python_m_run()
+    assert f"Cache miss for node {node}: code changed" in log
+    assert "Skipping node" in log  # the untouched nodes stay cached
