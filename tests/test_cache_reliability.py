@@ -73,6 +73,27 @@ def record_path(project_path: Path, node: str) -> Path:
     return next((project_path / "data/.cache/nodes").glob(f"{node}-*.json"))
 
 
+# ------------------------------------------------------------------------ runs without the cache
+
+
+def test_a_plain_kedro_session_says_the_cache_is_off(project, caplog):
+    project.run("data_processing")  # KedroSession.create(...).run(...): Kedro's documented API
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Stage cache off")]
+    assert len(lines) == 1
+    assert "settings.SESSION_CLASS.create" in lines[0] and "kedro run" in lines[0]
+
+
+def test_a_cached_run_does_not_say_the_cache_is_off(project, caplog):
+    run(project.path, "data_processing")
+    assert "Stage cache off" not in caplog.text
+
+
+def test_kedro_run_with_thread_runner_says_the_cache_is_off(project):
+    code, log = kedro_run(project.path, "--pipelines=data_processing", "--runner=ThreadRunner")
+    assert code == 0, log[-3000:]
+    assert log.count("Stage cache off for this run (ThreadRunner)") == 1
+
+
 # ------------------------------------------------------------------------ installed from a wheel
 
 LOCATE_FRAME = """

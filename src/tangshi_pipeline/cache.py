@@ -6,7 +6,9 @@ How it plugs in (Kedro extension points only, Kedro itself is not patched):
 * ``CachedSession`` (``SESSION_CLASS`` in settings.py) gives every run that would use Kedro's
   default ``SequentialRunner`` a ``CachedRunner`` instead: ``kedro run`` (with any of Kedro's
   filters: ``--pipelines``, ``--nodes``, ``--from-nodes``, ``--params``, ``--env``,
-  ``--load-versions``…) and ``KedroSession.run()``. Another ``--runner`` runs without the cache.
+  ``--load-versions``…) and ``SESSION_CLASS.create(...).run()`` from Python. A run without the
+  cache (Kedro's plain ``KedroSession``, ``--runner=ThreadRunner``/``ParallelRunner``) says so in
+  one log line (``CacheNotice``, a hook in settings.py).
 * ``CachedRunner`` is a ``SequentialRunner`` that decides, node by node in topological order and
   just before the node would run, whether it is up to date. Deciding late gives *early cutoff*: a
   node that re-runs and writes byte-identical outputs does not make its consumers re-run.
@@ -822,3 +824,39 @@ class CachedSession(KedroSession):
             runner = CachedRunner(is_async=is_async, cache_dir=Path(self._project_path) / CACHE_DIR)
         return super().run(pipeline_name=pipeline_name, pipeline_names=pipeline_names, tags=tags,
                            runner=runner, **kwargs)
+
+
+# ------------------------------------------------------------------------------ runs without it
+
+
+def _runner_class(text: Any) -> type | None:
+    """The class named in Kedro's ``run_params["runner"]`` (``str(runner)``: "<module.Class object
+    at 0x…>"); None for ``"None"`` (KedroSession's default SequentialRunner) or anything else."""
+    match = re.match(r"<([\w.]+)\.(\w+) object at 0x", str(text))
+    if match is None:
+        return None
+    found = getattr(sys.modules.get(match[1]), match[2], None)
+    return found if isinstance(found, type) else None
+
+
+def runs_cached(run_params: Mapping[str, Any]) -> bool:
+    """Whether a run (Kedro's ``run_params``) goes through the stage cache's runner."""
+    runner = _runner_class(run_params.get("runner"))
+    return runner is not None and issubclass(runner, CachedRunner)
+
+
+class CacheNotice:
+    """Hook: say so, in one log line, when a run goes without the stage cache — a plain
+    ``KedroSession`` from Python, or ``--runner=ThreadRunner`` / ``ParallelRunner`` — and how to
+    get it."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params) -> None:
+        if runs_cached(run_params):
+            return
+        runner = _runner_class(run_params.get("runner"))
+        logger.warning(
+            "Stage cache off for this run (%s): every node runs, up-to-date ones too. For the cache, "
+            "use `kedro run` (default runner) or, from Python, settings.SESSION_CLASS.create(...) "
+            "(tangshi_pipeline.cache.CachedSession) instead of KedroSession.create(...)",
+            runner.__name__ if runner is not None else "KedroSession's SequentialRunner")
