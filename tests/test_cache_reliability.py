@@ -73,6 +73,85 @@ def record_path(project_path: Path, node: str) -> Path:
     return next((project_path / "data/.cache/nodes").glob(f"{node}-*.json"))
 
 
+# ------------------------------------------------------------------------ damaged cache files
+
+
+def _damaged_records(record: dict) -> dict[str, str]:
+    return {
+        "a list": "[]",
+        "missing keys": json.dumps({"node": record["node"]}),
+        "params entry a list": json.dumps({**record, "params": {k: ["x"] for k in record["params"]}}),
+        "outputs a list": json.dumps({**record, "outputs": []}),
+        "not JSON": '{"node": "cle',
+    }
+
+
+@pytest.mark.parametrize("damage", ["a list", "missing keys", "params entry a list", "outputs a list",
+                                    "not JSON"])
+def test_a_damaged_record_is_a_logged_cache_miss(project, caplog, damage):
+    run(project.path, "data_processing")
+    path = record_path(project.path, "clean")
+    path.write_text(_damaged_records(json.loads(path.read_text("utf-8")))[damage], "utf-8")
+    ran, _ = run(project.path, "data_processing")
+    assert ran == ["clean"]  # its outputs come back byte-identical: its consumers stay cached
+    assert "Cache record for node clean is damaged" in caplog.text and "running it" in caplog.text
+    assert run(project.path, "data_processing") == ([], DP)  # the record was written again
+
+
+@pytest.mark.parametrize("index", ["a list", "an entry of the wrong shape"])
+def test_a_damaged_file_index_is_ignored_and_rebuilt_even_with_force(project, caplog, index):
+    from click.testing import CliRunner
+
+    from tangshi_pipeline.cli import cli
+
+    run(project.path, "data_processing")
+    files = project.path / "data/.cache/files.json"
+    entries = json.loads(files.read_text("utf-8"))
+    damaged = [] if index == "a list" else {k: {"size": 1} for k in entries}
+    files.write_text(json.dumps(damaged), "utf-8")
+    result = CliRunner().invoke(cli, ["run", "--pipelines=data_processing", "--force"])
+    assert result.exit_code == 0, repr(result.exception)
+    assert f"Cache file index {files} is damaged" in caplog.text
+    rebuilt = json.loads(files.read_text("utf-8"))
+    assert isinstance(rebuilt, dict) and rebuilt and all(len(e) == 5 for e in rebuilt.values())
+
+
+def _cache_disk_full(monkeypatch):
+    """Writes under data/.cache fail as on a full disk (the error carries no path); returns the
+    real writer, to put back."""
+    real = cache.write_json_atomic
+
+    def write(path, payload):
+        if ".cache" in Path(path).parts:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, payload)
+
+    monkeypatch.setattr(cache, "write_json_atomic", write)
+    return real
+
+
+def test_a_full_cache_disk_does_not_fail_a_run_that_skips_everything(project, monkeypatch, caplog):
+    run(project.path, "data_processing")
+    _cache_disk_full(monkeypatch)
+    assert run(project.path, "data_processing") == ([], DP)
+    files = project.path / "data/.cache/files.json"
+    assert f"Could not write the cache file index {files} ([Errno 28] No space left" in caplog.text
+
+
+def test_a_record_that_cannot_be_written_is_logged_and_the_node_reruns_next_time(project, monkeypatch,
+                                                                              caplog):
+    run(project.path, "data_processing")
+    real = _cache_disk_full(monkeypatch)
+    shorter = {"data_processing": {"max_length": 20}}
+    ran, _ = run(project.path, "data_processing", params=shorter)
+    assert ran == DP[1:]
+    assert "Could not write the cache record" in caplog.text and "node clean will run again" in caplog.text
+    assert str(project.path / "data/.cache/nodes/clean-") in caplog.text
+    monkeypatch.setattr(cache, "write_json_atomic", real)  # space again
+    assert run(project.path, "data_processing", params=shorter)[0] == DP[1:]
+    assert run(project.path, "data_processing", params=shorter) == ([], DP)
+
+
 # ------------------------------------------------------------------------ runs without the cache
 
 

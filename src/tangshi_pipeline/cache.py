@@ -129,12 +129,12 @@ class FileIndex:
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            self._entries: dict[str, list] = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
-            self._entries = {}
         self._fresh: dict[str, str] = {}  # hashed during this run: no stat check needed
-        self._dirty = False
+        self._entries, problem = _read_file_index(path)
+        self._dirty = problem is not None  # a damaged index is rewritten at the end of the run
+        if problem is not None:
+            logger.warning("Cache file index %s is damaged (%s); ignoring it: files are hashed again "
+                           "and the index is rebuilt", path, problem)
 
     def forget(self, path: Path) -> None:
         """``path`` is about to be (re)written: drop what is known about it and below it."""
@@ -178,10 +178,40 @@ class FileIndex:
         return digest
 
     def save(self) -> None:
-        if self._dirty:
-            live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+        """Write the index; a failure (disk full…) is logged, not raised: it only costs re-hashing."""
+        if not self._dirty:
+            return
+        live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+        try:
             write_json_atomic(self.path, live)
-            self._dirty = False
+        except OSError as exc:
+            logger.warning("Could not write the cache file index %s (%s); the run goes on, and the "
+                           "next run hashes its files again", self.path, exc)
+            return
+        self._dirty = False
+
+
+def _index_entry_ok(entry: Any) -> bool:
+    """One files.json entry: [size, mtime_ns, inode, hashed_at_ns, digest]."""
+    return (isinstance(entry, list) and len(entry) == 5
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:4])
+            and isinstance(entry[4], str))
+
+
+def _read_file_index(path: Path) -> tuple[dict[str, list], str | None]:
+    """(entries, None), or ({}, what is wrong) for an unreadable or wrongly shaped index."""
+    try:
+        entries = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError) as exc:
+        return {}, f"{type(exc).__name__}: {exc}"
+    if not isinstance(entries, dict):
+        return {}, f"a JSON {type(entries).__name__}, not an object"
+    bad = next((key for key, entry in entries.items() if not _index_entry_ok(entry)), None)
+    if bad is not None:
+        return {}, f"entry {bad!r} is not [size, mtime_ns, inode, hashed_at_ns, digest]"
+    return entries, None
 
 
 # ------------------------------------------------------------------------------ code
@@ -561,6 +591,50 @@ def _safe_name(node_name: str) -> str:
         node_name.encode(), digest_size=4).hexdigest()
 
 
+class DamagedRecord(ValueError):
+    """A node's cache record that cannot be read as one (not JSON, or JSON of the wrong shape)."""
+
+
+def _digest_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _params_problem(params: Any) -> str | None:
+    if not isinstance(params, dict):
+        return "params is not an object"
+    for name, stored in params.items():
+        if not (isinstance(stored, dict) and isinstance(stored.get("keys"), list)
+                and all(isinstance(k, str) for k in stored["keys"]) and _digest_or_none(stored.get("digest"))):
+            return f"params[{name!r}] is not {{keys: [names], digest}}"
+    return None
+
+
+def _outputs_problem(outputs: Any) -> str | None:
+    if not isinstance(outputs, dict):
+        return "outputs is not an object"
+    for name, stored in outputs.items():
+        if not (isinstance(stored, dict) and _digest_or_none(stored.get("digest"))
+                and _digest_or_none(stored.get("version"))):
+            return f"outputs[{name!r}] is not {{path, digest, version}}"
+    return None
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with a node's cache record, or None when it has the shape the check reads."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    missing = [k for k in ("node", "code", "config", "inputs", "params", "outputs", "fingerprint")
+               if k not in record]
+    if missing:
+        return "missing " + ", ".join(missing)
+    wrong = [k for k in ("node", "code", "config", "fingerprint") if not isinstance(record[k], str)]
+    if wrong:
+        return ", ".join(wrong) + " not a string"
+    if not isinstance(record["inputs"], dict) or not all(map(_digest_or_none, record["inputs"].values())):
+        return "inputs is not an object of digests"
+    return _params_problem(record["params"]) or _outputs_problem(record["outputs"])
+
+
 class CachedRunner(SequentialRunner):
     """``SequentialRunner`` that skips up-to-date nodes (see the module docstring)."""
 
@@ -580,11 +654,34 @@ class CachedRunner(SequentialRunner):
         return self.cache_dir / "nodes" / f"{_safe_name(name)}.json"
 
     def _load_record(self, name: str) -> dict | None:
+        """The node's record; None when it has none; :class:`DamagedRecord` when it is unusable."""
+        path = self._record_path(name)
         try:
-            record = json.loads(self._record_path(name).read_text("utf-8"))
-        except (OSError, ValueError):
+            record = json.loads(path.read_text("utf-8"))
+        except FileNotFoundError:
             return None
-        return record if record.get("node") == name else None
+        except (OSError, ValueError) as exc:
+            raise DamagedRecord(f"{path}: {type(exc).__name__}: {exc}") from None
+        problem = record_problem(record)
+        if problem is not None:
+            raise DamagedRecord(f"{path}: {problem}")
+        return record if record["node"] == name else None
+
+    def _save_record(self, node_name: str, record: dict) -> None:
+        """Write a record; a failure (disk full…) is logged, not raised: the node just re-runs."""
+        path = self._record_path(node_name)
+        try:
+            write_json_atomic(path, record)
+        except OSError as exc:
+            self._logger.warning("Could not write the cache record %s (%s); the run goes on, and node "
+                                 "%s will run again next time", path, exc, node_name)
+
+    def _drop_record(self, node_name: str) -> None:
+        path = self._record_path(node_name)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # a stale record left behind no longer matches the new outputs
+            self._logger.warning("Could not remove the cache record %s (%s)", path, exc)
 
     # -- run
     def _run(self, pipeline: Pipeline, catalog, hook_manager=None, run_id: str | None = None) -> None:
@@ -625,7 +722,12 @@ class CachedRunner(SequentialRunner):
         self._logger.info("Cache: %d node(s) ran, %d skipped as up to date", len(self.ran), len(self.skipped))
 
     def _visit(self, node: Node, tracking: bool) -> None:
-        reason, fingerprint = ("forced run", None) if self.force else self._check(node)
+        try:
+            reason, fingerprint = ("forced run", None) if self.force else self._check(node)
+        except DamagedRecord as exc:
+            self._logger.warning("Cache record for node %s is damaged (%s); running it", node.name, exc)
+            self._execute(node, tracking)
+            return
         if reason is None:
             self._fingerprint[node.name] = fingerprint
             if any(self._memory(ds) and ds in self._consumers for ds in node.outputs):
@@ -648,7 +750,7 @@ class CachedRunner(SequentialRunner):
         inputs = self._input_digests(node)
         code = self._code.digest(node.func)
         config = self._config_digest(node)
-        self._record_path(node.name).unlink(missing_ok=True)
+        self._drop_record(node.name)
         for ds in node.outputs:
             path = self._output_path(ds)
             if path is not None:
@@ -758,7 +860,7 @@ class CachedRunner(SequentialRunner):
         self._fingerprint[node.name] = record["fingerprint"]
         if any(v is None for v in inputs.values()):
             return  # an input that cannot be fingerprinted: this node always runs, keep no record
-        write_json_atomic(self._record_path(node.name), record)
+        self._save_record(node.name, record)
 
     def _check(self, node: Node) -> tuple[str | None, str | None]:
         """(why the node must run, or None when up to date; its fingerprint when up to date)."""
