@@ -73,6 +73,87 @@ def record_path(project_path: Path, node: str) -> Path:
     return next((project_path / "data/.cache/nodes").glob(f"{node}-*.json"))
 
 
+# ------------------------------------------------------------------------ the project lock
+
+
+def test_a_run_stops_while_another_holds_the_lock_naming_its_pid(project):
+    holder = hold_lock(project.path, 120)
+    try:
+        code, log = kedro_run(project.path, "--pipelines=data_processing", **{LOCK_WAIT_ENV: "0"})
+    finally:
+        stop(holder)
+    assert code != 0
+    assert f"pid {holder.pid} is running" in log and "a test holding the lock" in log
+    assert "Wait for that run to finish" in log and LOCK_WAIT_ENV in log
+    assert not (project.path / "data/02_intermediate/poems.parquet").exists()  # nothing ran
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(project):
+    holder = hold_lock(project.path, 120)
+    os.kill(holder.pid, signal.SIGKILL)  # kill -9: the lock file stays, naming the dead pid
+    holder.wait(timeout=30)
+    assert json.loads(lock_file(project.path).read_text("utf-8"))["pid"] == holder.pid
+    code, log = kedro_run(project.path, "--pipelines=data_processing", **{LOCK_WAIT_ENV: "0"})
+    assert code == 0, log[-3000:]
+    taken = json.loads(lock_file(project.path).read_text("utf-8"))
+    assert taken["pid"] != holder.pid and "--pipelines=data_processing" in taken["command"]
+
+
+def test_a_run_waits_for_the_lock_then_runs(project, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="tangshi_pipeline.cache")
+    monkeypatch.setenv(LOCK_WAIT_ENV, "60")
+    holder = hold_lock(project.path, 1.5)
+    try:
+        assert run(project.path, "data_processing") == (DP, [])
+    finally:
+        stop(holder)
+    assert f"Waiting up to 60 s for pid {holder.pid}" in caplog.text
+
+
+def test_a_concurrent_run_with_other_parameters_is_stopped_before_the_record_write(project, monkeypatch):
+    """The reported race: a default run is between saving clean's outputs and writing its record
+    when a max_length=20 run starts. The second run must not get in."""
+    second: list[tuple[int, str]] = []
+    original = CachedRunner._write_record
+
+    def second_run_meanwhile(self, node, *args, **kwargs):
+        if node.name.endswith("clean") and not second:
+            second.append(kedro_run(project.path, "--pipelines=data_processing",
+                                    "--params=data_processing.max_length=20", **{LOCK_WAIT_ENV: "0"}))
+        return original(self, node, *args, **kwargs)
+
+    monkeypatch.setattr(CachedRunner, "_write_record", second_run_meanwhile)
+    run(project.path, "data_processing")
+    code, log = second[0]
+    assert code != 0 and f"pid {os.getpid()} is running" in log, log[-3000:]
+    monkeypatch.setattr(CachedRunner, "_write_record", original)
+    assert run(project.path, "data_processing") == ([], DP)
+    assert report(project)["settings"]["max_length"] == 80
+
+
+def test_a_record_never_claims_bytes_the_node_did_not_write(project, monkeypatch, caplog):
+    """A writer that takes no lock (a run with another runner, a script) replaces clean's outputs
+    after clean saved them and before its record is written: no record may vouch for them."""
+    run(project.path, "data_processing", params={"data_processing": {"max_length": 20}})
+    primary = project.path / "data/03_primary"
+    other_bytes = {p: p.read_bytes() for p in primary.iterdir() if p.is_file()}
+    original = CachedRunner._write_record
+
+    def overwritten_first(self, node, *args, **kwargs):
+        if node.name.endswith("clean"):
+            for path, data in other_bytes.items():
+                path.write_bytes(data)
+        return original(self, node, *args, **kwargs)
+
+    monkeypatch.setattr(CachedRunner, "_write_record", overwritten_first)
+    run(project.path, "data_processing")
+    assert "changed on disk after the node saved them" in caplog.text
+    monkeypatch.setattr(CachedRunner, "_write_record", original)
+    ran, _ = run(project.path, "data_processing")
+    assert "clean" in ran
+    assert report(project)["settings"]["max_length"] == 80
+
+
 # ------------------------------------------------------------------------ damaged cache files
 
 
