@@ -30,11 +30,11 @@ from tests.test_cache import DP, report, run
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 LOCK_WAIT_ENV = "TANGSHI_LOCK_WAIT"  # seconds a run waits for another run's lock
 HOLD_LOCK = """
-import sys, time
+import sys
 from tangshi_pipeline.cache import project_lock
 with project_lock(sys.argv[1], "a test holding the lock", wait_s=0):
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    sys.stdin.readline()  # until the test says so (or dies)
 """
 
 
@@ -49,9 +49,9 @@ def kedro_run(cwd: Path, *args: str, **env: str) -> tuple[int, str]:
     return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
-def hold_lock(project_path: Path, seconds: float) -> subprocess.Popen:
-    """Another process holding the project lock; returns once it holds it."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(project_path), str(seconds)],
+def hold_lock(project_path: Path) -> subprocess.Popen:
+    """Another process holding the project lock until a line on its stdin; returns once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(project_path)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=shell_env())
     for line in holder.stdout:  # Kedro's start-up log lines come first
         if line.strip() == "locked":
@@ -63,6 +63,19 @@ def stop(holder: subprocess.Popen) -> None:
     if holder.poll() is None:
         holder.kill()
     holder.wait(timeout=30)
+
+
+class ReleaseWhenWaiting(logging.Handler):
+    """Lets the holder go as soon as the waiting run says it waits: a wait, whatever the timing."""
+
+    def __init__(self, holder: subprocess.Popen):
+        super().__init__()
+        self.holder = holder
+
+    def emit(self, record):
+        if record.getMessage().startswith("Waiting up to"):
+            self.holder.stdin.write("release\n")
+            self.holder.stdin.flush()
 
 
 def lock_file(project_path: Path) -> Path:
@@ -77,7 +90,7 @@ def record_path(project_path: Path, node: str) -> Path:
 
 
 def test_a_run_stops_while_another_holds_the_lock_naming_its_pid(project):
-    holder = hold_lock(project.path, 120)
+    holder = hold_lock(project.path)
     try:
         code, log = kedro_run(project.path, "--pipelines=data_processing", **{LOCK_WAIT_ENV: "0"})
     finally:
@@ -89,7 +102,7 @@ def test_a_run_stops_while_another_holds_the_lock_naming_its_pid(project):
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(project):
-    holder = hold_lock(project.path, 120)
+    holder = hold_lock(project.path)
     os.kill(holder.pid, signal.SIGKILL)  # kill -9: the lock file stays, naming the dead pid
     holder.wait(timeout=30)
     assert json.loads(lock_file(project.path).read_text("utf-8"))["pid"] == holder.pid
@@ -102,10 +115,13 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(project):
 def test_a_run_waits_for_the_lock_then_runs(project, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="tangshi_pipeline.cache")
     monkeypatch.setenv(LOCK_WAIT_ENV, "60")
-    holder = hold_lock(project.path, 1.5)
+    holder = hold_lock(project.path)
+    release = ReleaseWhenWaiting(holder)
+    logging.getLogger("tangshi_pipeline.cache").addHandler(release)
     try:
         assert run(project.path, "data_processing") == (DP, [])
     finally:
+        logging.getLogger("tangshi_pipeline.cache").removeHandler(release)
         stop(holder)
     assert f"Waiting up to 60 s for pid {holder.pid}" in caplog.text
 
