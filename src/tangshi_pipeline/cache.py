@@ -6,12 +6,18 @@ How it plugs in (Kedro extension points only, Kedro itself is not patched):
 * ``CachedSession`` (``SESSION_CLASS`` in settings.py) gives every run that would use Kedro's
   default ``SequentialRunner`` a ``CachedRunner`` instead: ``kedro run`` (with any of Kedro's
   filters: ``--pipelines``, ``--nodes``, ``--from-nodes``, ``--params``, ``--env``,
-  ``--load-versions``…) and ``KedroSession.run()``. Another ``--runner`` runs without the cache.
+  ``--load-versions``…) and ``SESSION_CLASS.create(...).run()`` from Python. A run without the
+  cache (Kedro's plain ``KedroSession``, ``--runner=ThreadRunner``/``ParallelRunner``) says so in
+  one log line (``CacheNotice``, a hook in settings.py).
 * ``CachedRunner`` is a ``SequentialRunner`` that decides, node by node in topological order and
   just before the node would run, whether it is up to date. Deciding late gives *early cutoff*: a
   node that re-runs and writes byte-identical outputs does not make its consumers re-run.
 * ``kedro run --force`` (project ``cli.py``) or ``TANGSHI_FORCE_RUN=1`` runs every node and
   refreshes the records.
+* A cached run holds the project lock ``data/.cache/run.lock`` (``fcntl.flock``, so the OS drops
+  it when the holder dies): a second one waits up to ``TANGSHI_LOCK_WAIT`` seconds (10), then
+  stops with :class:`ProjectLocked` naming the holder's pid and command. Other writers can take
+  it with :func:`project_lock`.
 
 A node's fingerprint has four parts, each stored (with its digest) in
 ``data/.cache/nodes/<node>.json``, written atomically after the node ran and its outputs were
@@ -20,8 +26,10 @@ saved:
 ``code``
     The node function's source and, transitively, the source of every project function, class
     and module it references by a global name (walking the code objects' names, closures and
-    default values), plus constants those names bind to. "Project" = any module whose file is not
-    inside the Python installation or site-packages (``src/tangshi_pipeline``, test modules).
+    default values), plus constants those names bind to. "Project" = the project's package
+    (``tangshi_pipeline``, Kedro's ``PACKAGE_NAME``) wherever it is installed — an installed wheel
+    too — and any other module whose file is not inside the Python installation or site-packages
+    (test modules).
     Limits: library code is identified by name and version only (a torch upgrade does not
     invalidate the cache: use ``--force``); code reached only dynamically (``getattr`` with a
     computed name, ``importlib``) or through an attribute of an object rather than a global name
@@ -53,10 +61,18 @@ output exists with the content digest recorded when the node wrote it (for a ver
 its latest version is the one this node wrote), and no memory output is needed: a node whose
 outputs are consumed in memory is run (on demand) as soon as one of its consumers runs, and a node
 with a memory output nobody in the run consumes always runs.
+
+A record describes the bytes on disk: the outputs are hashed as soon as the node has saved them
+and hashed again just before the record is written; if another process changed them meanwhile,
+no record is kept (logged) and the node runs again next time. Cache files are an optimisation,
+never a reason to fail: a damaged record (not JSON, or the wrong shape) is a logged cache miss, a
+damaged ``files.json`` is ignored and rebuilt, and a record or index that cannot be written (disk
+full) is a logged warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -64,6 +80,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import sysconfig
 import tempfile
@@ -73,6 +90,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
+import kedro.framework.project as kedro_project
 from kedro.framework.hooks import hook_impl
 from kedro.framework.session import KedroSession
 from kedro.io import AbstractVersionedDataset, MemoryDataset
@@ -82,10 +100,18 @@ from kedro.runner import SequentialRunner
 from kedro.runner.task import Task
 from pydantic import BaseModel
 
+try:
+    import fcntl
+except ImportError:  # not on POSIX: runs go without the project lock
+    fcntl = None
+
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = Path("data") / ".cache"
 FORCE_ENV = "TANGSHI_FORCE_RUN"
+LOCK_FILE = "run.lock"
+LOCK_WAIT_ENV = "TANGSHI_LOCK_WAIT"
+DEFAULT_LOCK_WAIT_S = 10.0
 ALL = "*"
 _TRUST_AFTER_NS = 2_000_000_000  # a file's cached digest is trusted once it is 2 s older than the hash
 
@@ -116,6 +142,132 @@ def force_requested() -> bool:
     return os.environ.get(FORCE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+# ------------------------------------------------------------------------------ project lock
+
+
+class ProjectLocked(RuntimeError):
+    """Another run of the project holds its lock (``data/.cache/run.lock``)."""
+
+
+def lock_wait_seconds() -> float:
+    """How long a run waits for another run's lock: ``TANGSHI_LOCK_WAIT`` seconds, else 10."""
+    text = os.environ.get(LOCK_WAIT_ENV, "").strip()
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_LOCK_WAIT_S
+    except ValueError:
+        logger.warning("%s=%r is not a number of seconds; waiting %g s", LOCK_WAIT_ENV, text,
+                       DEFAULT_LOCK_WAIT_S)
+        return DEFAULT_LOCK_WAIT_S
+
+
+def _command_line() -> str:
+    """This process's command line, short: ``kedro run --pipeline=training``, ``python -m …``."""
+    argv = list(getattr(sys, "orig_argv", None) or sys.argv) or ["python"]
+    if len(argv) > 1 and not argv[1].startswith("-"):
+        argv = argv[1:]  # a script (kedro, pytest): its name says more than the interpreter's
+    elif argv[1:2] == ["-c"]:
+        argv[2:3] = ["..."]  # the program text itself is too long to say
+    argv[0] = Path(argv[0]).name
+    text = shlex.join(argv)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _holder(path: Path) -> dict:
+    """What the lock file says about its holder (pid, command, purpose, since); {} if unreadable."""
+    try:
+        holder = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _locked_message(path: Path, holder: dict, waited_s: float) -> str:
+    pid = holder.get("pid", "unknown")
+    what = holder.get("command", "an unknown command")
+    if holder.get("purpose"):
+        what += f" ({holder['purpose']})"
+    since = f", since {holder['since']}" if holder.get("since") else ""
+    stop = f"stop it (kill {pid})" if isinstance(pid, int) else "stop it"
+    return (f"Another run of this project is in progress: pid {pid} is running {what}{since}, and "
+            f"holds the project lock {path}. Waited {waited_s:.0f} s. Wait for that run to finish and "
+            f"run again, or {stop} if it is stuck; set {LOCK_WAIT_ENV}=<seconds> to wait longer "
+            "(a lock left by a process that died is released by the OS and taken over).")
+
+
+def _write_holder(handle, path: Path, purpose: str) -> None:
+    record = {"pid": os.getpid(), "command": _command_line(), "purpose": purpose,
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(record, ensure_ascii=False))
+        handle.flush()
+    except OSError as exc:  # disk full: the lock holds all the same, the message lacks the pid
+        logger.warning("Could not write the holder into the project lock %s (%s)", path, exc)
+
+
+def _acquire(handle, path: Path, wait_s: float) -> bool:
+    """Take the exclusive lock, waiting up to ``wait_s``; False when it cannot be used at all."""
+    start = time.monotonic()
+    announced = False
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # a file system without locks
+            logger.warning("Could not take the project lock %s (%s); running without it", path, exc)
+            return False
+        waited = time.monotonic() - start
+        if waited >= wait_s:
+            raise ProjectLocked(_locked_message(path, _holder(path), waited))
+        if not announced:
+            holder = _holder(path)
+            logger.info("Waiting up to %g s for pid %s (%s) to finish: it holds the project lock %s",
+                        wait_s, holder.get("pid", "unknown"), holder.get("command", "?"), path)
+            announced = True
+        time.sleep(min(0.2, wait_s - waited))
+
+
+def _open_lock_file(path: Path):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+", encoding="utf-8")
+    except OSError as exc:  # disk full or read-only: a run that skips everything must still work
+        logger.warning("Could not open the project lock %s (%s); running without it", path, exc)
+        return None
+
+
+@contextlib.contextmanager
+def cache_lock(lock_path: Path, purpose: str, wait_s: float | None = None):
+    """Hold the exclusive lock file ``lock_path`` (``fcntl.flock``) for a run that writes.
+
+    A second holder waits up to ``wait_s`` (default: :func:`lock_wait_seconds`), then gets
+    :class:`ProjectLocked` naming the holder's pid and command, which the holder writes into the
+    file. The OS releases the lock when its holder exits or dies, so a lock file left behind by a
+    dead process does not block: it is simply taken over. The file itself is never deleted."""
+    handle = _open_lock_file(lock_path) if fcntl is not None else None
+    if handle is None:
+        yield
+        return
+    with handle:  # closing the file releases the lock
+        if _acquire(handle, lock_path, lock_wait_seconds() if wait_s is None else wait_s):
+            _write_holder(handle, lock_path, purpose)
+        yield
+
+
+def project_lock(project_path: str | Path, purpose: str, wait_s: float | None = None):
+    """The project's run lock, ``<project>/data/.cache/run.lock``, as a context manager; every
+    cached run holds it. ``purpose`` says what the holder does (it appears in the message a
+    second run gets)::
+
+        with project_lock(project_path, "distributed training"):
+            ...
+    """
+    return cache_lock(Path(project_path) / CACHE_DIR / LOCK_FILE, purpose, wait_s)
+
+
 # ------------------------------------------------------------------------------ file content
 
 
@@ -124,12 +276,12 @@ class FileIndex:
 
     def __init__(self, path: Path):
         self.path = path
-        try:
-            self._entries: dict[str, list] = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
-            self._entries = {}
         self._fresh: dict[str, str] = {}  # hashed during this run: no stat check needed
-        self._dirty = False
+        self._entries, problem = _read_file_index(path)
+        self._dirty = problem is not None  # a damaged index is rewritten at the end of the run
+        if problem is not None:
+            logger.warning("Cache file index %s is damaged (%s); ignoring it: files are hashed again "
+                           "and the index is rebuilt", path, problem)
 
     def forget(self, path: Path) -> None:
         """``path`` is about to be (re)written: drop what is known about it and below it."""
@@ -173,10 +325,40 @@ class FileIndex:
         return digest
 
     def save(self) -> None:
-        if self._dirty:
-            live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+        """Write the index; a failure (disk full…) is logged, not raised: it only costs re-hashing."""
+        if not self._dirty:
+            return
+        live = {k: v for k, v in self._entries.items() if os.path.exists(k)}
+        try:
             write_json_atomic(self.path, live)
-            self._dirty = False
+        except OSError as exc:
+            logger.warning("Could not write the cache file index %s (%s); the run goes on, and the "
+                           "next run hashes its files again", self.path, exc)
+            return
+        self._dirty = False
+
+
+def _index_entry_ok(entry: Any) -> bool:
+    """One files.json entry: [size, mtime_ns, inode, hashed_at_ns, digest]."""
+    return (isinstance(entry, list) and len(entry) == 5
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:4])
+            and isinstance(entry[4], str))
+
+
+def _read_file_index(path: Path) -> tuple[dict[str, list], str | None]:
+    """(entries, None), or ({}, what is wrong) for an unreadable or wrongly shaped index."""
+    try:
+        entries = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError) as exc:
+        return {}, f"{type(exc).__name__}: {exc}"
+    if not isinstance(entries, dict):
+        return {}, f"a JSON {type(entries).__name__}, not an object"
+    bad = next((key for key, entry in entries.items() if not _index_entry_ok(entry)), None)
+    if bad is not None:
+        return {}, f"entry {bad!r} is not [size, mtime_ns, inode, hashed_at_ns, digest]"
+    return entries, None
 
 
 # ------------------------------------------------------------------------------ code
@@ -195,9 +377,21 @@ def _library_roots() -> tuple[str, ...]:
 _LIB_ROOTS = _library_roots()
 
 
-@functools.lru_cache(maxsize=None)
+def _project_packages() -> set[str]:
+    """The project's own top-level packages: this one and Kedro's configured ``PACKAGE_NAME``."""
+    return {__name__.split(".")[0], kedro_project.PACKAGE_NAME} - {None, ""}
+
+
 def _owned_module(name: str) -> bool:
-    """A module of this project (or its tests), as opposed to the stdlib or an installed library."""
+    """A module of this project (or its tests), as opposed to the stdlib or an installed library.
+    The project's own package counts as the project's wherever it is installed (site-packages
+    after ``kedro package`` + ``pip install``), so its code is always fingerprinted by content."""
+    top = name.split(".")[0]
+    return top in _project_packages() or _outside_libraries(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _outside_libraries(name: str) -> bool:
     module = sys.modules.get(name)
     file = getattr(module, "__file__", None)
     if not file:
@@ -544,14 +738,60 @@ def _safe_name(node_name: str) -> str:
         node_name.encode(), digest_size=4).hexdigest()
 
 
+class DamagedRecord(ValueError):
+    """A node's cache record that cannot be read as one (not JSON, or JSON of the wrong shape)."""
+
+
+def _digest_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _params_problem(params: Any) -> str | None:
+    if not isinstance(params, dict):
+        return "params is not an object"
+    for name, stored in params.items():
+        if not (isinstance(stored, dict) and isinstance(stored.get("keys"), list)
+                and all(isinstance(k, str) for k in stored["keys"]) and _digest_or_none(stored.get("digest"))):
+            return f"params[{name!r}] is not {{keys: [names], digest}}"
+    return None
+
+
+def _outputs_problem(outputs: Any) -> str | None:
+    if not isinstance(outputs, dict):
+        return "outputs is not an object"
+    for name, stored in outputs.items():
+        if not (isinstance(stored, dict) and _digest_or_none(stored.get("digest"))
+                and _digest_or_none(stored.get("version"))):
+            return f"outputs[{name!r}] is not {{path, digest, version}}"
+    return None
+
+
+def record_problem(record: Any) -> str | None:
+    """What is wrong with a node's cache record, or None when it has the shape the check reads."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    missing = [k for k in ("node", "code", "config", "inputs", "params", "outputs", "fingerprint")
+               if k not in record]
+    if missing:
+        return "missing " + ", ".join(missing)
+    wrong = [k for k in ("node", "code", "config", "fingerprint") if not isinstance(record[k], str)]
+    if wrong:
+        return ", ".join(wrong) + " not a string"
+    if not isinstance(record["inputs"], dict) or not all(map(_digest_or_none, record["inputs"].values())):
+        return "inputs is not an object of digests"
+    return _params_problem(record["params"]) or _outputs_problem(record["outputs"])
+
+
 class CachedRunner(SequentialRunner):
     """``SequentialRunner`` that skips up-to-date nodes (see the module docstring)."""
 
     def __init__(self, is_async: bool = False, cache_dir: str | Path | None = None,
-                 force: bool | None = None, param_schemas: Mapping[str, type[BaseModel]] | None = None):
+                 force: bool | None = None, param_schemas: Mapping[str, type[BaseModel]] | None = None,
+                 purpose: str | None = None):
         super().__init__(is_async=is_async)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else Path.cwd() / CACHE_DIR
         self.force = force_requested() if force is None else force
+        self.purpose = purpose  # what this run does, for the message a concurrent run gets
         if param_schemas is None:
             from tangshi_pipeline.params import SCHEMAS as param_schemas
         self.param_schemas = dict(param_schemas)
@@ -563,14 +803,42 @@ class CachedRunner(SequentialRunner):
         return self.cache_dir / "nodes" / f"{_safe_name(name)}.json"
 
     def _load_record(self, name: str) -> dict | None:
+        """The node's record; None when it has none; :class:`DamagedRecord` when it is unusable."""
+        path = self._record_path(name)
         try:
-            record = json.loads(self._record_path(name).read_text("utf-8"))
-        except (OSError, ValueError):
+            record = json.loads(path.read_text("utf-8"))
+        except FileNotFoundError:
             return None
-        return record if record.get("node") == name else None
+        except (OSError, ValueError) as exc:
+            raise DamagedRecord(f"{path}: {type(exc).__name__}: {exc}") from None
+        problem = record_problem(record)
+        if problem is not None:
+            raise DamagedRecord(f"{path}: {problem}")
+        return record if record["node"] == name else None
+
+    def _save_record(self, node_name: str, record: dict) -> None:
+        """Write a record; a failure (disk full…) is logged, not raised: the node just re-runs."""
+        path = self._record_path(node_name)
+        try:
+            write_json_atomic(path, record)
+        except OSError as exc:
+            self._logger.warning("Could not write the cache record %s (%s); the run goes on, and node "
+                                 "%s will run again next time", path, exc, node_name)
+
+    def _drop_record(self, node_name: str) -> None:
+        path = self._record_path(node_name)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # a stale record left behind no longer matches the new outputs
+            self._logger.warning("Could not remove the cache record %s (%s)", path, exc)
 
     # -- run
     def _run(self, pipeline: Pipeline, catalog, hook_manager=None, run_id: str | None = None) -> None:
+        purpose = self.purpose or f"a cached run of {len(pipeline.nodes)} node(s)"
+        with cache_lock(self.cache_dir / LOCK_FILE, purpose):
+            self._run_locked(pipeline, catalog, hook_manager, run_id)
+
+    def _run_locked(self, pipeline: Pipeline, catalog, hook_manager, run_id: str | None) -> None:
         self.ran, self.skipped = [], []
         self._files = FileIndex(self.cache_dir / "files.json")
         self._code = CodeFingerprint()
@@ -608,7 +876,12 @@ class CachedRunner(SequentialRunner):
         self._logger.info("Cache: %d node(s) ran, %d skipped as up to date", len(self.ran), len(self.skipped))
 
     def _visit(self, node: Node, tracking: bool) -> None:
-        reason, fingerprint = ("forced run", None) if self.force else self._check(node)
+        try:
+            reason, fingerprint = ("forced run", None) if self.force else self._check(node)
+        except DamagedRecord as exc:
+            self._logger.warning("Cache record for node %s is damaged (%s); running it", node.name, exc)
+            self._execute(node, tracking)
+            return
         if reason is None:
             self._fingerprint[node.name] = fingerprint
             if any(self._memory(ds) and ds in self._consumers for ds in node.outputs):
@@ -631,7 +904,7 @@ class CachedRunner(SequentialRunner):
         inputs = self._input_digests(node)
         code = self._code.digest(node.func)
         config = self._config_digest(node)
-        self._record_path(node.name).unlink(missing_ok=True)
+        self._drop_record(node.name)
         for ds in node.outputs:
             path = self._output_path(ds)
             if path is not None:
@@ -639,11 +912,12 @@ class CachedRunner(SequentialRunner):
         start = time.perf_counter()
         Task(node=node, catalog=self._catalog, hook_manager=self._hooks,
              is_async=self._is_async, run_id=self._run_id).execute()
+        outputs = self._saved_outputs(node)  # hashed as soon as the node has saved them
         duration = time.perf_counter() - start
         self._done.add(node.name)
         self.ran.append(node.name)
         self._logger.info("Completed node: %s", node.name)
-        self._write_record(node, code, config, inputs, duration, tracking)
+        self._write_record(node, code, config, inputs, outputs, duration, tracking)
         self._release(node)
 
     def _release(self, node: Node) -> None:
@@ -712,16 +986,8 @@ class CachedRunner(SequentialRunner):
     def _fingerprint_of(record: dict) -> str:
         return digest_json({k: record[k] for k in ("code", "config", "inputs", "params")})
 
-    def _write_record(self, node: Node, code: str, config: str, inputs: dict, duration: float,
-                      tracking: bool) -> None:
-        params = {}
-        reads = self._tracker.reads.get(node.name, {}) if tracking else {}
-        for name in node.inputs:
-            if not _is_param(name):
-                continue
-            read = reads.get(name)
-            keys = [ALL] if read is None or ALL in read else sorted(read)
-            params[name] = {"keys": keys, "digest": self._param_digest(name, keys)}
+    def _saved_outputs(self, node: Node) -> dict[str, dict]:
+        """Each output as this node has just saved it: path, content digest, version."""
         outputs = {}
         for name in node.outputs:
             dataset = self._dataset(name)
@@ -734,6 +1000,29 @@ class CachedRunner(SequentialRunner):
                 "digest": self._files.digest(path) if path else None,
                 "version": dataset.resolve_save_version() if _versioned(dataset) else None,
             }
+        return outputs
+
+    def _changed_outputs(self, outputs: dict[str, dict]) -> list[str]:
+        """Outputs whose bytes on disk are no longer the ones the node saved (hashed again now)."""
+        changed = []
+        for name, saved in outputs.items():
+            if saved.get("path"):
+                path = Path(saved["path"])
+                self._files.forget(path)
+                if self._files.digest(path) != saved["digest"]:
+                    changed.append(name)
+        return changed
+
+    def _write_record(self, node: Node, code: str, config: str, inputs: dict, outputs: dict,
+                      duration: float, tracking: bool) -> None:
+        params = {}
+        reads = self._tracker.reads.get(node.name, {}) if tracking else {}
+        for name in node.inputs:
+            if not _is_param(name):
+                continue
+            read = reads.get(name)
+            keys = [ALL] if read is None or ALL in read else sorted(read)
+            params[name] = {"keys": keys, "digest": self._param_digest(name, keys)}
         record = {"node": node.name, "code": code, "config": config, "inputs": inputs, "params": params,
                   "outputs": outputs, "run_id": self._run_id, "duration_s": round(duration, 4),
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -741,7 +1030,14 @@ class CachedRunner(SequentialRunner):
         self._fingerprint[node.name] = record["fingerprint"]
         if any(v is None for v in inputs.values()):
             return  # an input that cannot be fingerprinted: this node always runs, keep no record
-        write_json_atomic(self._record_path(node.name), record)
+        changed = self._changed_outputs(outputs)
+        if changed:
+            self._logger.warning(
+                "Output(s) %s of node %s changed on disk after the node saved them (another process "
+                "writing the same files?); no cache record kept, so %s will run again next time",
+                ", ".join(changed), node.name, node.name)
+            return
+        self._save_record(node.name, record)
 
     def _check(self, node: Node) -> tuple[str | None, str | None]:
         """(why the node must run, or None when up to date; its fingerprint when up to date)."""
@@ -804,6 +1100,44 @@ class CachedSession(KedroSession):
     def run(self, pipeline_name=None, pipeline_names=None, tags=None, runner=None, **kwargs):
         if runner is None or type(runner) is SequentialRunner:
             is_async = bool(getattr(runner, "_is_async", False))
-            runner = CachedRunner(is_async=is_async, cache_dir=Path(self._project_path) / CACHE_DIR)
+            names = pipeline_names or [pipeline_name or "__default__"]
+            runner = CachedRunner(is_async=is_async, cache_dir=Path(self._project_path) / CACHE_DIR,
+                                  purpose="pipelines " + ", ".join(names))
         return super().run(pipeline_name=pipeline_name, pipeline_names=pipeline_names, tags=tags,
                            runner=runner, **kwargs)
+
+
+# ------------------------------------------------------------------------------ runs without it
+
+
+def _runner_class(text: Any) -> type | None:
+    """The class named in Kedro's ``run_params["runner"]`` (``str(runner)``: "<module.Class object
+    at 0x…>"); None for ``"None"`` (KedroSession's default SequentialRunner) or anything else."""
+    match = re.match(r"<([\w.]+)\.(\w+) object at 0x", str(text))
+    if match is None:
+        return None
+    found = getattr(sys.modules.get(match[1]), match[2], None)
+    return found if isinstance(found, type) else None
+
+
+def runs_cached(run_params: Mapping[str, Any]) -> bool:
+    """Whether a run (Kedro's ``run_params``) goes through the stage cache's runner."""
+    runner = _runner_class(run_params.get("runner"))
+    return runner is not None and issubclass(runner, CachedRunner)
+
+
+class CacheNotice:
+    """Hook: say so, in one log line, when a run goes without the stage cache — a plain
+    ``KedroSession`` from Python, or ``--runner=ThreadRunner`` / ``ParallelRunner`` — and how to
+    get it."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params) -> None:
+        if runs_cached(run_params):
+            return
+        runner = _runner_class(run_params.get("runner"))
+        logger.warning(
+            "Stage cache off for this run (%s): every node runs, up-to-date ones too. For the cache, "
+            "use `kedro run` (default runner) or, from Python, settings.SESSION_CLASS.create(...) "
+            "(tangshi_pipeline.cache.CachedSession) instead of KedroSession.create(...)",
+            runner.__name__ if runner is not None else "KedroSession's SequentialRunner")

@@ -1,16 +1,17 @@
 """Project settings (see https://docs.kedro.org/en/stable/configure/configuration_basics/)."""
 
-from tangshi_pipeline.cache import CachedSession
+from tangshi_pipeline.cache import CachedSession, CacheNotice
 from tangshi_pipeline.hooks import ValidateParameters
 from tangshi_pipeline.run_status import RunStatusHook
 
 # Hooks run in last-in-first-out order.
-HOOKS = (ValidateParameters(), RunStatusHook())
+HOOKS = (ValidateParameters(), RunStatusHook(), CacheNotice())
 
 # kedro-viz's own run hooks know nothing of the stage cache; RunStatusHook writes the same files.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)
 
-# Default (sequential) runs skip up-to-date nodes; `kedro run --force` runs everything.
+# Default (sequential) runs skip up-to-date nodes; `kedro run --force` runs everything. A run without
+# the cache (plain KedroSession, --runner=ThreadRunner/ParallelRunner) says so: CacheNotice.
 SESSION_CLASS = CachedSession
 
 CONFIG_LOADER_ARGS = {
