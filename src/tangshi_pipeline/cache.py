@@ -804,6 +804,11 @@ class CachedSession(KedroSession):
     def run(self, pipeline_name=None, pipeline_names=None, tags=None, runner=None, **kwargs):
         if runner is None or type(runner) is SequentialRunner:
             is_async = bool(getattr(runner, "_is_async", False))
-            runner = CachedRunner(is_async=is_async, cache_dir=Path(self._project_path) / CACHE_DIR)
+            runner = CachedRunner(is_async=is_async, cache_dir=self._cache_dir())
         return super().run(pipeline_name=pipeline_name, pipeline_names=pipeline_names, tags=tags,
                            runner=runner, **kwargs)
+
+    def _cache_dir(self) -> Path:
+        """``<output_root>/.cache`` (conf globals.yml): each environment's records sit with its outputs."""
+        root = self.load_context().config_loader["globals"].get("output_root", "data")
+        return Path(self._project_path) / root / CACHE_DIR.name
