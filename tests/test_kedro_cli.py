@@ -1,0 +1,40 @@
+"""What `kedro run` shows: Kedro's warnings (known third-party noise silenced), a bad parameter as
+one line, and where the poems are at the end. Each test runs `kedro` in a throw-away project."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import lay_out_project
+
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "COLUMNS": "300"}
+TINY = ("training.embedding_dim=8,training.hidden_dim=16,training.num_layers=1,training.epochs=1,"
+        "training.max_minutes=null,training.device=cpu,training.batch_size=4,training.threads=1,"
+        "generate.begin_words=[日]")
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    return lay_out_project(tmp_path / "project")
+
+
+def kedro_run(root: Path, *args: str) -> tuple[int, str]:
+    result = subprocess.run([KEDRO, "run", *args], cwd=root, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_kedro_deprecations_reach_the_log_and_known_noise_does_not(root):
+    code, out = kedro_run(root, "--pipeline=data_processing", "--async")
+    assert code == 0, out[-3000:]
+    assert "KedroDeprecationWarning: Option '--pipeline' is deprecated" in out
+    assert "KedroDeprecationWarning: Option '--async' is deprecated" in out
+    assert "register_new_resolver() is deprecated" not in out  # omegaconf's, raised by Kedro's code
+
