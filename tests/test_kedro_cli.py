@@ -38,3 +38,17 @@ def test_kedro_deprecations_reach_the_log_and_known_noise_does_not(root):
     assert "KedroDeprecationWarning: Option '--async' is deprecated" in out
     assert "register_new_resolver() is deprecated" not in out  # omegaconf's, raised by Kedro's code
 
+
+def test_a_bad_parameter_is_one_short_message(root):
+    code, out = kedro_run(root, "--params=training.hidden_dim=0")
+    assert code != 0
+    message = ("invalid parameter training.hidden_dim = 0: Input should be greater than or equal to 1 "
+               "(set it in conf/base/parameters_training.yml or with --params)")
+    lines = out.strip().splitlines()
+    assert message in " ".join(lines[-3:]) and "Traceback" not in out, out
+    assert len(lines) <= 10, out  # Kedro's few start-up lines, then the message
+    assert not any((root / "data/02_intermediate").iterdir())  # nothing ran
+
+    code, verbose = kedro_run(root, "--params=training.hidden_dim=0", "--verbose")
+    assert code != 0 and "Traceback" in verbose and "training.hidden_dim = 0" in verbose
+
