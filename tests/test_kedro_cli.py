@@ -52,3 +52,15 @@ def test_a_bad_parameter_is_one_short_message(root):
     code, verbose = kedro_run(root, "--params=training.hidden_dim=0", "--verbose")
     assert code != 0 and "Traceback" in verbose and "training.hidden_dim = 0" in verbose
 
+
+def test_a_run_that_makes_poems_ends_with_them(root):
+    code, out = kedro_run(root, f"--params={TINY}")
+    assert code == 0, out[-3000:]
+    (version,) = (root / "data/07_model_output/generated_poems.json").iterdir()
+    poems = json.loads((version / "generated_poems.json").read_text("utf-8"))
+    end = out[out.index("Pipeline execution completed"):]
+    assert f"{len(poems)} poem(s) in data/08_reporting/generated_poems.md" in end
+    assert all(line in end for line in poems[0]["lines"])
+
+    code, out = kedro_run(root, "--pipelines=data_processing")  # no poems in this run: nothing shown
+    assert code == 0 and "poem(s) in" not in out
