@@ -275,6 +275,26 @@ def test_viz_started_offline_with_make_viz_settings(viz_project, viz_url):
     assert "Kedro Viz started successfully" in (root / "viz.log").read_text()
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_viz_build_writes_its_site_apart_from_the_package_build(viz_project):
+    """`kedro viz build` alone writes ./build, where `kedro package` has setuptools put build/lib
+    (the package's source); `make viz-build` writes the site to viz-build/ and leaves build/ alone."""
+    root, _ = viz_project
+    package_build = root / "build/lib/tangshi_pipeline"
+    package_build.mkdir(parents=True)
+    (package_build / "nodes.py").write_text("# what setuptools copied for the wheel\n")
+    result = subprocess.run(
+        ["make", "-f", str(ROOT / "Makefile"), "viz-build", f"BIN={Path(sys.executable).parent}",
+         "-o", ".venv/.installed"],  # the throw-away project uses this venv: no setup step
+        cwd=root, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    site = root / "viz-build"
+    assert (site / "index.html").is_file() and json.loads((site / "api/main").read_text())["nodes"]
+    assert not (site / "lib").exists() and not (root / ".viz-build.tmp").exists()
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "build").rglob("*")) == [
+        "build/lib", "build/lib/tangshi_pipeline", "build/lib/tangshi_pipeline/nodes.py"]
+
+
 # ------------------------------------------------------------------------ real browser
 
 
