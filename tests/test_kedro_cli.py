@@ -39,18 +39,30 @@ def test_kedro_deprecations_reach_the_log_and_known_noise_does_not(root):
     assert "register_new_resolver() is deprecated" not in out  # omegaconf's, raised by Kedro's code
 
 
+def assert_one_short_message(code: int, out: str, message: str) -> None:
+    lines = out.strip().splitlines()
+    assert code != 0
+    assert message in " ".join(lines[-3:]) and "Traceback" not in out, out
+    assert len(lines) <= 16, out  # Kedro's start-up lines and the failing node's log, then the message
+
+
 def test_a_bad_parameter_is_one_short_message(root):
     code, out = kedro_run(root, "--params=training.hidden_dim=0")
-    assert code != 0
-    message = ("invalid parameter training.hidden_dim = 0: Input should be greater than or equal to 1 "
-               "(set it in conf/base/parameters_training.yml or with --params)")
-    lines = out.strip().splitlines()
-    assert message in " ".join(lines[-3:]) and "Traceback" not in out, out
-    assert len(lines) <= 10, out  # Kedro's few start-up lines, then the message
+    assert_one_short_message(code, out, "invalid parameter training.hidden_dim = 0: Input should be greater "
+                             "than or equal to 1 (set it in conf/base/parameters_training.yml or with --params)")
     assert not any((root / "data/02_intermediate").iterdir())  # nothing ran
 
     code, verbose = kedro_run(root, "--params=training.hidden_dim=0", "--verbose")
     assert code != 0 and "Traceback" in verbose and "training.hidden_dim = 0" in verbose
+
+
+def test_a_bad_input_file_and_an_unknown_node_are_one_short_message(root):
+    (root / "data/01_raw/tang/poems/poet.tang.1000.json").write_text('[{"id": "x", "author"', "utf-8")
+    code, out = kedro_run(root, "--pipelines=data_processing")
+    assert_one_short_message(code, out, "raw corpus partition 'poems/poet.tang.1000.json': Expecting ':' "
+                             "delimiter")
+    code, out = kedro_run(root, "--nodes=vectorize")  # the name before pipelines had namespaces
+    assert_one_short_message(code, out, "Did you mean: ['data_processing.vectorize']?")
 
 
 def test_a_run_that_makes_poems_ends_with_them(root):

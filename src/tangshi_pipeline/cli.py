@@ -3,8 +3,8 @@
 ``kedro run`` is Kedro's own command (every option kept) plus ``--force``: run every node whatever
 the stage cache says, and refresh its records (the same as ``TANGSHI_FORCE_RUN=1``). Caching
 itself is in :mod:`tangshi_pipeline.cache` (``SESSION_CLASS``), so it also applies to runs
-started from Python. A bad parameter ends the run with its one-line message (exit code 1); the
-traceback only with ``--verbose``.
+started from Python. A run that fails (a bad parameter, a bad input file, an unknown node name)
+ends with its one-line message and exit code 1; the traceback only with ``--verbose``.
 
 ``kedro models`` lists the saved versions of the ``model`` dataset, newest first, with the metrics
 stored in each version's ``config.json``; pin one for generation with
@@ -25,7 +25,6 @@ from kedro.framework.project import settings
 from kedro.framework.startup import bootstrap_project
 
 from tangshi_pipeline.cache import FORCE_ENV
-from tangshi_pipeline.params import ParameterError
 
 
 @click.group(name="tangshi-pipeline")
@@ -36,10 +35,13 @@ def cli() -> None:
 def _run(force: bool, verbose: bool, **kwargs: Any) -> Any:
     try:
         return _run_forced(**kwargs) if force else kedro_run.callback(**kwargs)
-    except ParameterError as exc:
+    except click.ClickException:
+        raise  # Kedro's own CLI errors, already one line
+    except Exception as exc:
         if verbose:
             raise
-        raise click.ClickException(f"{exc}\n(run with --verbose for the traceback)") from exc
+        raise click.ClickException(
+            f"{type(exc).__name__}: {exc}\n(run with --verbose for the traceback)") from exc
 
 
 def _run_forced(**kwargs: Any) -> Any:
@@ -62,7 +64,7 @@ run = click.Command(
         click.Option(["--force"], is_flag=True, help="Run every node, ignoring the stage cache (refreshes "
                      f"its records); same as {FORCE_ENV}=1."),
         click.Option(["--verbose", "-v"], is_flag=True,
-                     help="Show the traceback of a bad parameter, not only its one-line message."),
+                     help="On an error, show its traceback, not only its one-line message."),
     ],
     help=(kedro_run.help or "Run the pipeline.") + " Up-to-date nodes are skipped (stage cache); "
          "--force runs them all.",
