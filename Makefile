@@ -3,6 +3,7 @@
 #   make test   venv + deps + corpus, then the whole test suite
 #   make data   fetch the corpus into data/01_raw/tang (npm pack + sha512 check)
 #   make viz    kedro-viz on 127.0.0.1 (no browser)
+#   make viz-build   kedro-viz's static site in viz-build/ (not build/: `kedro package` uses that)
 #   make bench  benchmarks, results to benchmarks/results/
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.installed
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup data run test viz bench clean-data
+.PHONY: setup data run test viz viz-build bench clean-data
 
 setup: $(STAMP)
 
@@ -32,9 +33,26 @@ test: data
 
 # kedro-viz asks PyPI for a newer version at start-up (30 s timeout); a proxy on a closed local
 # port makes that fail at once, so viz starts the same offline or behind a black-holed network.
+OFFLINE := https_proxy=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 no_proxy=127.0.0.1,localhost
+
 viz: $(STAMP)
-	https_proxy=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 no_proxy=127.0.0.1,localhost \
-	  $(BIN)/kedro viz run --host 127.0.0.1 --no-browser
+	$(OFFLINE) $(BIN)/kedro viz run --host 127.0.0.1 --no-browser
+
+# `kedro viz build` (kedro-viz 12.5 has no output option) writes ./build, which is also where
+# `kedro package` has setuptools build the wheel (build/lib holds the package's source: a site
+# published from build/ would carry it). So it runs in a scratch folder that links to the project's
+# conf and data (the package is installed), and its site is moved to $(VIZ_BUILD)/; build/ is
+# never touched.
+VIZ_BUILD ?= viz-build
+VIZ_SCRATCH := .viz-build.tmp
+viz-build: $(STAMP)
+	rm -rf $(VIZ_SCRATCH) && mkdir -p $(VIZ_SCRATCH)/src
+	cd $(VIZ_SCRATCH) && ln -s ../conf ../data ../pyproject.toml . && \
+	  for f in .telemetry .viz; do if [ -e ../$$f ]; then ln -s ../$$f .; fi; done && \
+	  $(OFFLINE) $(abspath $(BIN))/kedro viz build --include-previews
+	test -f $(VIZ_SCRATCH)/build/index.html
+	rm -rf $(VIZ_BUILD) && mv $(VIZ_SCRATCH)/build $(VIZ_BUILD) && rm -rf $(VIZ_SCRATCH)
+	@echo "kedro-viz site in $(VIZ_BUILD)/ (serve it with: python -m http.server -d $(VIZ_BUILD))"
 
 bench: data
 	$(BIN)/python benchmarks/run.py

@@ -21,7 +21,8 @@ from tangshi_pipeline.cache import FORCE_ENV, CachedSession
 from tangshi_pipeline.corpus import write_manifest
 from tests.conftest import shipped_params
 
-DP = ["flatten", "clean", "build_prosody", "frame", "build_vocab", "vectorize"]
+DP = [f"data_processing.{name}" for name in (
+    "flatten", "clean", "build_prosody", "frame", "build_vocab", "vectorize")]
 
 
 class Recorder:
@@ -69,7 +70,7 @@ def test_second_run_skips_everything(project):
 def test_parameter_of_last_node_reruns_only_it(project):
     run(project.path, "data_processing")
     ran, skipped = run(project.path, "data_processing", params={"data_processing": {"split_salt": "other"}})
-    assert ran == ["vectorize"] and skipped == DP[:-1]
+    assert ran == ["data_processing.vectorize"] and skipped == DP[:-1]
     assert run(project.path, "data_processing", params={"data_processing": {"split_salt": "other"}}) == ([], DP)
 
 
@@ -77,7 +78,7 @@ def test_cleaning_parameter_reruns_cleaning_and_downstream_and_never_reuses_stal
     run(project.path, "data_processing")
     assert report(project)["settings"]["max_length"] == 80
     ran, skipped = run(project.path, "data_processing", params={"data_processing": {"max_length": 20}})
-    assert ran == DP[1:] and skipped == ["flatten"]
+    assert ran == DP[1:] and skipped == ["data_processing.flatten"]
     assert report(project)["settings"]["max_length"] == 20
     assert report(project)["kept_poems"] < 7
     # Back to the default: the outputs now on disk are max_length=20's, so everything re-runs.
@@ -102,7 +103,7 @@ def test_deleted_output_reruns_its_node_with_early_cutoff(project):
     (project.path / "data/05_model_input/vocab.json").unlink()
     ran, _ = run(project.path, "data_processing")
     # build_vocab re-creates a byte-identical vocab, so vectorize (its consumer) stays cached.
-    assert ran == ["build_vocab"]
+    assert ran == ["data_processing.build_vocab"]
     assert (project.path / "data/05_model_input/vocab.json").is_file()
 
 
@@ -111,7 +112,7 @@ def test_modified_output_is_not_trusted(project):
     path = project.path / "data/03_primary/cleaning_report.json"
     path.write_text(path.read_text("utf-8").replace('"kept_poems": 7', '"kept_poems": 99'), "utf-8")
     ran, _ = run(project.path, "data_processing")
-    assert ran == ["clean"]
+    assert ran == ["data_processing.clean"]
     assert report(project)["kept_poems"] == 7
 
 
@@ -125,20 +126,23 @@ def test_force_switches(project, monkeypatch):
     assert run(project.path, "data_processing") == (DP, [])
     monkeypatch.delenv(FORCE_ENV)
     assert run(project.path, "data_processing") == ([], DP)
-    result = CliRunner().invoke(cli, ["run", "--pipelines=data_processing", "--nodes=frame", "--force"])
+    result = CliRunner().invoke(
+        cli, ["run", "--pipelines=data_processing", "--nodes=data_processing.frame", "--force"])
     assert result.exit_code == 0, result.output
-    record = json.loads(next((project.path / "data/.cache/nodes").glob("frame-*.json")).read_text())
-    flatten = json.loads(next((project.path / "data/.cache/nodes").glob("flatten-*.json")).read_text())
+    records = project.path / "data/.cache/nodes"
+    record = json.loads(next(records.glob("data_processing.frame-*.json")).read_text())
+    flatten = json.loads(next(records.glob("data_processing.flatten-*.json")).read_text())
     assert record["run_id"] != flatten["run_id"]  # only frame ran in the forced CLI run
     assert FORCE_ENV not in __import__("os").environ
 
 
 def test_kedro_filters_keep_working(project):
     run(project.path, "data_processing")
-    assert run(project.path, "data_processing", node_names=["frame"]) == ([], ["frame"])
+    assert run(project.path, "data_processing", node_names=["data_processing.frame"]) == (
+        [], ["data_processing.frame"])
     ran, skipped = run(project.path, "data_processing", params={"data_processing": {"split_salt": "x"}},
-                       from_nodes=["build_vocab"])
-    assert ran == ["vectorize"] and skipped == ["build_vocab"]
+                       from_nodes=["data_processing.build_vocab"])
+    assert ran == ["data_processing.vectorize"] and skipped == ["data_processing.build_vocab"]
     # Another environment reads another raw input: flatten re-runs and the rest follows its output.
     ran, _ = run(project.path, "data_processing", env="classic")
     assert ran == DP

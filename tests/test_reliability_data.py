@@ -134,9 +134,9 @@ def test_classic_file_with_a_huge_line_and_several_colons(project):
     poems_txt = project.path / "data/01_raw/poems.txt"
     poems_txt.write_text(poems_txt.read_text("utf-8") + "\r\n" + huge + "\r\n甲:乙:丙:白日依山尽，黄河入海流。", "utf-8")
     project.run("data_processing", env="classic")
-    report = json.loads((project.path / "data/03_primary/cleaning_report.json").read_text("utf-8"))
+    report = json.loads((project.path / "data/classic/03_primary/cleaning_report.json").read_text("utf-8"))
     assert report["dropped"]["too_long"]["count"] == 1
-    clean = pq.read_table(project.path / "data/03_primary/clean_poems.parquet").to_pandas()
+    clean = pq.read_table(project.path / "data/classic/03_primary/clean_poems.parquet").to_pandas()
     assert dict(zip(clean["title"], clean["text"]))["甲:乙:丙"] == "白日依山尽，黄河入海流。"
     assert len(clean) == 5
 

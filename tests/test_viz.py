@@ -26,8 +26,10 @@ from tests.conftest import lay_out_project
 
 ROOT = Path(__file__).resolve().parents[1]
 KEDRO = str(Path(sys.executable).with_name("kedro"))
-DP_CHAIN = ["raw_corpus", "flatten", "poems", "clean", "clean_poems", "frame", "framed_poems",
-            "build_vocab", "vocab", "vectorize", "vectors"]
+DP_CHAIN = ["raw_corpus", "data_processing.flatten", "poems", "data_processing.clean", "clean_poems",
+            "data_processing.frame", "framed_poems", "data_processing.build_vocab", "vocab",
+            "data_processing.vectorize", "vectors"]
+PIPELINES = ("data_processing", "training", "generate")
 OFFLINE_ENV = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
                "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
                "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
@@ -109,10 +111,18 @@ def viz_url(viz_project):
         log.close()
 
 
+def _name(node: dict) -> str:
+    """A stage's Kedro node name (its namespace included: kedro-viz shows the short one), a dataset's name."""
+    return node.get("full_name") or node["name"]
+
+
 def _graph(url: str, pipeline_id: str) -> tuple[dict[str, dict], set[tuple[str, str]]]:
+    """Nodes by id, and the edges between stages and datasets (kedro-viz also links each collapsed
+    pipeline box to its inputs and outputs: those edges are left out)."""
     response = _get(f"{url}/api/pipelines/{pipeline_id}")
     nodes = {n["id"]: n for n in response["nodes"]}
-    edges = {(nodes[e["source"]]["name"], nodes[e["target"]]["name"]) for e in response["edges"]}
+    edges = {(_name(nodes[e["source"]]), _name(nodes[e["target"]])) for e in response["edges"]
+             if "modularPipeline" not in (nodes[e["source"]]["type"], nodes[e["target"]]["type"])}
     return nodes, edges
 
 
@@ -133,7 +143,7 @@ def test_lineage_of_every_registered_pipeline(viz_project, viz_url):
     assert {p["id"] for p in main["pipelines"]} == set(registered)
     for name, pipeline in registered.items():
         nodes, edges = _graph(viz_url, name)
-        tasks = {n["name"] for n in nodes.values() if n["type"] == "task"}
+        tasks = {_name(n) for n in nodes.values() if n["type"] == "task"}
         assert tasks == {n.name for n in pipeline.nodes}, name
         expected = {(i, n.name) for n in pipeline.nodes for i in n.inputs}
         expected |= {(n.name, o) for n in pipeline.nodes for o in n.outputs}
@@ -141,13 +151,30 @@ def test_lineage_of_every_registered_pipeline(viz_project, viz_url):
     # Every stage of every pipeline is in the default view, and data flows from the raw corpus to
     # the last outputs (vectors today; generated poems once the generate pipeline is registered).
     nodes, edges = _graph(viz_url, "__default__")
-    assert {n.name for p in registered.values() for n in p.nodes} <= {n["name"] for n in nodes.values()}
+    assert {n.name for p in registered.values() for n in p.nodes} <= {_name(n) for n in nodes.values()}
     assert all((a, b) in edges for a, b in zip(DP_CHAIN, DP_CHAIN[1:]))
     final = registered.get("generate", registered["data_processing"]).outputs()
     assert final and final <= _reachable(edges, "raw_corpus")
     layers = {n["name"]: n.get("layer") for n in nodes.values() if n["type"] == "data"}
     assert layers["raw_corpus"] == "raw" and layers["clean_poems"] == "primary" and layers["vectors"] == "model_input"
     assert main["layers"][:4] == ["raw", "intermediate", "primary", "model_input"]
+
+
+def test_each_pipeline_is_one_expandable_box(viz_url):
+    """Each pipeline is a namespace: kedro-viz draws it as one box holding its stages (and the
+    datasets only it uses), while the datasets keep the names users type."""
+    main = _get(f"{viz_url}/api/main")
+    boxes = {n["id"]: n for n in main["nodes"] if n["type"] == "modularPipeline"}
+    assert set(boxes) == set(PIPELINES)
+    tree = main["modular_pipelines"]
+    assert set(PIPELINES) <= {child["id"] for child in tree["__root__"]["children"]}
+    tasks = [n for n in main["nodes"] if n["type"] == "task"]
+    assert tasks and all(n["modular_pipelines"] == [_name(n).split(".")[0]] for n in tasks)
+    assert all(_name(n).split(".")[0] in PIPELINES and n["tags"] for n in tasks)
+    inside = {child["id"] for child in tree["data_processing"]["children"]}
+    names = {n["id"]: n["name"] for n in main["nodes"]}
+    assert {"data_processing.flatten", "framed_poems"} <= {_name(n) for n in main["nodes"] if n["id"] in inside}
+    assert "vectors" in {names[i] for i in tree["data_processing"]["outputs"]}
 
 
 def _metadata(url: str, dataset: str) -> dict:
@@ -195,12 +222,13 @@ def test_workflow_view_shows_last_run_with_cached_stages(viz_project, viz_url):
     status = _get(f"{viz_url}/api/run-status")
     assert status["pipeline"]["status"] == "success"
     main = _get(f"{viz_url}/api/main")
-    ids = {n["name"]: n["id"] for n in main["nodes"] if n["type"] == "task"}
+    ids = {_name(n): n["id"] for n in main["nodes"] if n["type"] == "task"}
     nodes = status["nodes"]
-    for name in ("flatten", "clean", "frame", "build_vocab", "vectorize"):
+    cached = [f"data_processing.{n}" for n in ("flatten", "clean", "frame", "build_vocab")]
+    for name in [*cached, "data_processing.vectorize"]:
         assert nodes[ids[name]]["status"] == "success", name
-    assert nodes[ids["vectorize"]]["duration"] > 0
-    assert all(nodes[ids[n]]["duration"] == 0 for n in ("flatten", "clean", "frame", "build_vocab"))
+    assert nodes[ids["data_processing.vectorize"]]["duration"] > 0
+    assert all(nodes[ids[n]]["duration"] == 0 for n in cached)
     assert status["datasets"]  # sizes of what the last run loaded and saved
 
 
@@ -245,6 +273,26 @@ def test_viz_started_offline_with_make_viz_settings(viz_project, viz_url):
     root, _ = viz_project
     assert _get(f"{viz_url}/api/version")["installed"]
     assert "Kedro Viz started successfully" in (root / "viz.log").read_text()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_viz_build_writes_its_site_apart_from_the_package_build(viz_project):
+    """`kedro viz build` alone writes ./build, where `kedro package` has setuptools put build/lib
+    (the package's source); `make viz-build` writes the site to viz-build/ and leaves build/ alone."""
+    root, _ = viz_project
+    package_build = root / "build/lib/tangshi_pipeline"
+    package_build.mkdir(parents=True)
+    (package_build / "nodes.py").write_text("# what setuptools copied for the wheel\n")
+    result = subprocess.run(
+        ["make", "-f", str(ROOT / "Makefile"), "viz-build", f"BIN={Path(sys.executable).parent}",
+         "-o", ".venv/.installed"],  # the throw-away project uses this venv: no setup step
+        cwd=root, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    site = root / "viz-build"
+    assert (site / "index.html").is_file() and json.loads((site / "api/main").read_text())["nodes"]
+    assert not (site / "lib").exists() and not (root / ".viz-build.tmp").exists()
+    assert sorted(p.relative_to(root).as_posix() for p in (root / "build").rglob("*")) == [
+        "build/lib", "build/lib/tangshi_pipeline", "build/lib/tangshi_pipeline/nodes.py"]
 
 
 # ------------------------------------------------------------------------ real browser
@@ -296,24 +344,31 @@ def test_browser_renders_the_pipeline(viz_url, tmp_path):
             def evaluate(expression: str):
                 return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
+            def rendered(names: list[str]) -> list[str]:
+                """Wait for the graph to show every name; the names still missing at the deadline."""
+                deadline = time.monotonic() + 90
+                missing = names
+                while time.monotonic() < deadline:
+                    text = evaluate("Array.from(document.querySelectorAll('.pipeline-node'))"
+                                    ".map(n => n.textContent).join('|')") or ""
+                    flat = text.lower().replace(" ", "").replace("_", "")
+                    missing = [n for n in names if n.replace("_", "") not in flat]
+                    if not missing:
+                        break
+                    time.sleep(0.5)
+                return missing
+
+            # The default view: one collapsed box per pipeline (its namespace).
+            missing = rendered(["data_processing", "training", "generate"])
+            assert not missing, f"pipeline boxes not rendered: {missing}"
+            # Expanded, every stage is drawn.
+            call("Page.navigate", url=f"{viz_url}/?expandAllPipelines=true")
             names = ["flatten", "clean", "frame", "build_vocab", "vectorize"]
-            deadline = time.monotonic() + 90
-            text = ""
-            while time.monotonic() < deadline:
-                text = evaluate(
-                    "Array.from(document.querySelectorAll('.pipeline-node')).map(n => n.textContent).join('|') "
-                    "+ '|' + document.body.innerText") or ""
-                flat = text.lower().replace(" ", "").replace("_", "")
-                if all(n.replace("_", "") in flat for n in names) and evaluate(
-                        "document.querySelectorAll('.pipeline-node').length") > 0:
-                    break
-                time.sleep(0.5)
+            missing = rendered(names)
             time.sleep(1.0)  # let the graph's fade-in finish before the screenshot
             shot = call("Page.captureScreenshot", format="png")
             (tmp_path / "kedro-viz.png").write_bytes(base64.b64decode(shot["data"]))
-            flat = text.lower().replace(" ", "").replace("_", "")
-            missing = [n for n in names if n.replace("_", "") not in flat]
-            assert not missing, f"stages not rendered: {missing}; page text: {text[:500]!r}"
+            assert not missing, f"stages not rendered: {missing}"
             assert evaluate("document.querySelectorAll('.pipeline-node').length") >= len(names)
         assert (tmp_path / "kedro-viz.png").stat().st_size > 10_000
     finally:

@@ -1101,10 +1101,15 @@ class CachedSession(KedroSession):
         if runner is None or type(runner) is SequentialRunner:
             is_async = bool(getattr(runner, "_is_async", False))
             names = pipeline_names or [pipeline_name or "__default__"]
-            runner = CachedRunner(is_async=is_async, cache_dir=Path(self._project_path) / CACHE_DIR,
+            runner = CachedRunner(is_async=is_async, cache_dir=self._cache_dir(),
                                   purpose="pipelines " + ", ".join(names))
         return super().run(pipeline_name=pipeline_name, pipeline_names=pipeline_names, tags=tags,
                            runner=runner, **kwargs)
+
+    def _cache_dir(self) -> Path:
+        """``<output_root>/.cache`` (conf globals.yml): each environment's records sit with its outputs."""
+        root = self.load_context().config_loader["globals"].get("output_root", "data")
+        return Path(self._project_path) / root / CACHE_DIR.name
 
 
 # ------------------------------------------------------------------------------ runs without it

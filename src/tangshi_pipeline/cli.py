@@ -3,7 +3,8 @@
 ``kedro run`` is Kedro's own command (every option kept) plus ``--force``: run every node whatever
 the stage cache says, and refresh its records (the same as ``TANGSHI_FORCE_RUN=1``). Caching
 itself is in :mod:`tangshi_pipeline.cache` (``SESSION_CLASS``), so it also applies to runs
-started from Python.
+started from Python. A run that fails (a bad parameter, a bad input file, an unknown node name)
+ends with its one-line message and exit code 1; the traceback only with ``--verbose``.
 
 ``kedro models`` lists the saved versions of the ``model`` dataset, newest first, with the metrics
 stored in each version's ``config.json`` and a status: ok, ok but unverified (saved before weight
@@ -33,9 +34,19 @@ def cli() -> None:
     """Project commands."""
 
 
-def _run(force: bool, **kwargs: Any) -> Any:
-    if not force:
-        return kedro_run.callback(**kwargs)
+def _run(force: bool, verbose: bool, **kwargs: Any) -> Any:
+    try:
+        return _run_forced(**kwargs) if force else kedro_run.callback(**kwargs)
+    except click.ClickException:
+        raise  # Kedro's own CLI errors, already one line
+    except Exception as exc:
+        if verbose:
+            raise
+        raise click.ClickException(
+            f"{type(exc).__name__}: {exc}\n(run with --verbose for the traceback)") from exc
+
+
+def _run_forced(**kwargs: Any) -> Any:
     previous = os.environ.get(FORCE_ENV)
     os.environ[FORCE_ENV] = "1"
     try:
@@ -50,9 +61,13 @@ def _run(force: bool, **kwargs: Any) -> Any:
 run = click.Command(
     name="run",
     callback=_run,
-    params=[*kedro_run.params, click.Option(
-        ["--force"], is_flag=True,
-        help=f"Run every node, ignoring the stage cache (refreshes its records); same as {FORCE_ENV}=1.")],
+    params=[
+        *kedro_run.params,
+        click.Option(["--force"], is_flag=True, help="Run every node, ignoring the stage cache (refreshes "
+                     f"its records); same as {FORCE_ENV}=1."),
+        click.Option(["--verbose", "-v"], is_flag=True,
+                     help="On an error, show its traceback, not only its one-line message."),
+    ],
     help=(kedro_run.help or "Run the pipeline.") + " Up-to-date nodes are skipped (stage cache); "
          "--force runs them all.",
 )

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 catalog.save("model", model)
                 catalog.save("training_history", history)
                 log.info("saved model and training_history; evaluate and plot with "
-                         "kedro run --pipeline=training --from-nodes=evaluate,plot_training_curve")
+                         "kedro run --pipelines=training --tags=evaluation")
         finally:
             dist.destroy_process_group()
 

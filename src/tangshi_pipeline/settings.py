@@ -1,11 +1,11 @@
 """Project settings (see https://docs.kedro.org/en/stable/configure/configuration_basics/)."""
 
 from tangshi_pipeline.cache import CachedSession, CacheNotice
-from tangshi_pipeline.hooks import ValidateParameters
+from tangshi_pipeline.hooks import ShowPoems, ValidateParameters
 from tangshi_pipeline.run_status import RunStatusHook
 
 # Hooks run in last-in-first-out order.
-HOOKS = (ValidateParameters(), RunStatusHook(), CacheNotice())
+HOOKS = (ValidateParameters(), RunStatusHook(), CacheNotice(), ShowPoems())
 
 # kedro-viz's own run hooks know nothing of the stage cache; RunStatusHook writes the same files.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)

@@ -25,7 +25,7 @@ def test_data_processing_on_fixture_corpus(project):
 
 def test_classic_environment_reads_messy_poems_txt(project):
     project.run("data_processing", env="classic")
-    data = project.path / "data"
+    data = project.path / "data/classic"  # the classic environment's outputs (conf/classic/globals.yml)
     clean = pq.read_table(data / "03_primary/clean_poems.parquet").to_pandas()
     report = pd.read_json(data / "03_primary/cleaning_report.json", typ="series")
     ingest = report["ingest"]

@@ -1,15 +1,18 @@
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Node, Pipeline
 
 from .nodes import evaluate_model, train, training_curve
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return pipeline(
+    return Pipeline(
         [
-            node(train, ["vectors", "vocab", "params:training", "training_checkpoints"],
-                 ["model", "training_history"], name="train"),
-            node(evaluate_model, ["model", "vectors", "vocab", "params:training"], "training_metrics",
-                 name="evaluate"),
-            node(training_curve, "training_history", "training_curve", name="plot_training_curve"),
-        ]
+            Node(train, ["vectors", "vocab", "params:training", "training_checkpoints"],
+                 ["model", "training_history"], name="train", tags="model"),
+            Node(evaluate_model, ["model", "vectors", "vocab", "params:training"], "training_metrics",
+                 name="evaluate", tags="evaluation"),
+            Node(training_curve, "training_history", "training_curve", name="plot_training_curve",
+                 tags="evaluation"),
+        ],
+        namespace="training",
+        prefix_datasets_with_namespace=False,
     )
