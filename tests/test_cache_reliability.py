@@ -166,7 +166,7 @@ def test_a_record_never_claims_bytes_the_node_did_not_write(project, monkeypatch
     assert "changed on disk after the node saved them" in caplog.text
     monkeypatch.setattr(CachedRunner, "_write_record", original)
     ran, _ = run(project.path, "data_processing")
-    assert "clean" in ran
+    assert "data_processing.clean" in ran
     assert report(project)["settings"]["max_length"] == 80
 
 
@@ -187,11 +187,11 @@ def _damaged_records(record: dict) -> dict[str, str]:
                                     "not JSON"])
 def test_a_damaged_record_is_a_logged_cache_miss(project, caplog, damage):
     run(project.path, "data_processing")
-    path = record_path(project.path, "clean")
+    path = record_path(project.path, "data_processing.clean")
     path.write_text(_damaged_records(json.loads(path.read_text("utf-8")))[damage], "utf-8")
     ran, _ = run(project.path, "data_processing")
-    assert ran == ["clean"]  # its outputs come back byte-identical: its consumers stay cached
-    assert "Cache record for node clean is damaged" in caplog.text and "running it" in caplog.text
+    assert ran == ["data_processing.clean"]  # its outputs come back byte-identical: its consumers stay cached
+    assert "Cache record for node data_processing.clean is damaged" in caplog.text and "running it" in caplog.text
     assert run(project.path, "data_processing") == ([], DP)  # the record was written again
 
 
@@ -242,8 +242,8 @@ def test_a_record_that_cannot_be_written_is_logged_and_the_node_reruns_next_time
     shorter = {"data_processing": {"max_length": 20}}
     ran, _ = run(project.path, "data_processing", params=shorter)
     assert ran == DP[1:]
-    assert "Could not write the cache record" in caplog.text and "node clean will run again" in caplog.text
-    assert str(project.path / "data/.cache/nodes/clean-") in caplog.text
+    assert "Could not write the cache record" in caplog.text and "node data_processing.clean will run again" in caplog.text
+    assert str(project.path / "data/.cache/nodes/data_processing.clean-") in caplog.text
     monkeypatch.setattr(cache, "write_json_atomic", real)  # space again
     assert run(project.path, "data_processing", params=shorter)[0] == DP[1:]
     assert run(project.path, "data_processing", params=shorter) == ([], DP)
