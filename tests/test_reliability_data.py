@@ -55,8 +55,8 @@ def hand_made(project) -> None:
         "  check_manifest: false\n", "utf-8")
 
 
-def report(project) -> dict:
-    return json.loads((project.path / "data/03_primary/cleaning_report.json").read_text("utf-8"))
+def report(project, root: str = "data") -> dict:
+    return json.loads((project.path / root / "03_primary/cleaning_report.json").read_text("utf-8"))
 
 
 def test_partition_that_is_not_json_fails_the_run_naming_it(project):
@@ -287,11 +287,11 @@ def test_classic_lines_split_on_newlines_only_and_number_like_grep(project):
             "没有冒号的一行\v还是一行\n")             # line 4: no colon (a vertical tab inside)
     (project.path / "data/01_raw/poems.txt").write_text(text, "utf-8", newline="")
     run(project, env="classic")
-    ingest = report(project)["ingest"]
+    ingest = report(project, "data/classic")["ingest"]
     assert ingest["lines"] == 4 and ingest["poems"] == 3  # what `wc -l` and `grep -c ''` count
     grep_line = text.encode().split(b"\n").index("没有冒号的一行\v还是一行".encode()) + 1
     assert ingest["unusable_lines"] == {"no_separator": {"count": 1, "example": {"line": grep_line,
                                                                                 "text": "没有冒号的一行\v还是一行"}}}
-    clean = pq.read_table(project.path / "data/03_primary/clean_poems.parquet").to_pandas()
+    clean = pq.read_table(project.path / "data/classic/03_primary/clean_poems.parquet").to_pandas()
     assert dict(zip(clean["title"], clean["text"])) == {
         "甲": "白日依山尽，黄河入海流。", "乙": "床前明月光，疑是地上霜。", "丙": "春眠不觉晓，处处闻啼鸟。"}
