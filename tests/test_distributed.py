@@ -170,6 +170,37 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(two_ranks):
         assert "non-finite" in outcome and kept[0].name in outcome, outcome
 
 
+TEARDOWN = """
+import os, sys
+import tangshi_pipeline.training  # what every rank imports before it joins a group
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[1], rank=0, world_size=1)
+model = DistributedDataParallel(torch.nn.Linear(2, 1))
+model(torch.ones(3, 2)).sum().backward()
+del model
+dist.destroy_process_group()
+print(before, threads())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc")
+def test_destroy_process_group_stops_gloo_threads_after_ddp():
+    """A rank that used DistributedDataParallel must not keep gloo's worker threads past
+    destroy_process_group: one still freeing a tensor when Python exits aborts the rank (SIGABRT,
+    "terminate called without an active exception" — the random `ranks exited with [0, -6]`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-c", TEARDOWN, str(port)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = map(int, proc.stdout.split())
+    assert after == before, f"{after - before} threads of the destroyed process group still run"
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 7])
 def test_shards_cover_every_batch_in_equal_steps(world):
     seqs = [np.array([START_ID, *[5] * k, END_ID]) for k in [1, 2, 2, 3, 5, 5, 5, 8, 9, 9, 9, 9, 12]]

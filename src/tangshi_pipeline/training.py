@@ -34,6 +34,15 @@ from tangshi_pipeline.datasets import CheckpointError, CheckpointStore
 from tangshi_pipeline.model import CharRNN, ModelConfig
 from tangshi_pipeline.params import ParameterError, TrainingParams
 
+if dist.is_available():
+    # Imported here, before any process group exists, on purpose. Its functions take
+    # ``group=group.WORLD`` as a default argument, evaluated on first import — which
+    # DistributedDataParallel triggers lazily. Imported inside a group, those defaults keep the
+    # group alive for ever: destroy_process_group then leaves gloo's worker threads running, and
+    # one still freeing a collective's tensor when Python exits aborts the rank (SIGABRT,
+    # "terminate called without an active exception"). Imported now, the defaults are None.
+    import torch.distributed.nn  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 
