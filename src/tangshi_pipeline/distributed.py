@@ -69,6 +69,7 @@ def spawn_fit(config: ModelConfig, vocab_fingerprint: str, train: list[np.ndarra
     """Train on ``p.world_size`` ranks started on this machine; rank 0's result (model on the CPU)."""
     import torch.multiprocessing as mp
 
+    p = TrainingParams.model_validate(p.model_dump())  # plain values for the ranks (a node may get a subclass)
     rank_device(p, p.world_size - 1)  # enough GPUs? (a clear error here rather than from a rank)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(free_port())
