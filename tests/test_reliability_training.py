@@ -36,3 +36,79 @@ def test_kedro_run_with_world_size_2_trains_and_saves_a_model(project):
     assert isinstance(model, Artifact)
     assert model.meta["training"]["world_size"] == 2 and model.meta["training"]["steps"] > 0
     assert (project.path / "data/08_reporting/training_curve.png").is_file()
+
+
+def checkpoints(project) -> list[Path]:
+    return sorted((project.path / "data/06_models/checkpoints").glob("step-*"))
+
+
+def test_learning_rate_inf_saves_no_checkpoint_or_model_and_a_rerun_recovers(project):
+    project.run("data_processing")
+    # one batch per epoch: every step's loss is finite (it is computed before the update), the weights are not
+    blowup = f"--params={TINY},training.batch_size=64,training.learning_rate=inf,training.checkpoint_every=1," \
+             "training.epochs=3,training.max_minutes=null"
+    proc = kedro(project, "--pipeline=training", blowup)
+    log = one_line(proc)
+    assert proc.returncode != 0
+    assert "weights or optimizer state became non-finite" in log and "there is none yet" in log, log[-3000:]
+    assert not checkpoints(project) and not (project.path / "data/06_models/poet").exists()
+
+    rerun = kedro(project, "--pipeline=training", f"--params={TINY},training.batch_size=64,training.epochs=3")
+    assert rerun.returncode == 0, one_line(rerun)[-3000:]  # the advice works: nothing poisoned to resume from
+    model = project.catalog().load("model")
+    assert all(bool(t.isfinite().all()) for t in model.model.state_dict().values())
+
+
+def test_a_changed_checkpoint_is_refused_naming_the_file(project):
+    project.run("data_processing")
+    assert kedro(project, "--pipeline=training", f"--params={TINY},training.epochs=1").returncode == 0
+    state = checkpoints(project)[-1] / "state.safetensors"
+    raw = bytearray(state.read_bytes())
+    raw[-4:] = bytes(b ^ 0xFF for b in raw[-4:])  # flip bytes in the data region: same size, still parses
+    state.write_bytes(bytes(raw))
+    proc = kedro(project, "--pipeline=training", f"--params={TINY},training.epochs=2")
+    log = one_line(proc)
+    assert proc.returncode != 0
+    assert f"{state.parent.name}: state.safetensors does not match the sha256 recorded in state.json" in log, log[-3000:]
+    assert "delete that folder" in log and "training.resume=false" in log
+
+
+def test_disk_full_while_checkpointing_names_the_folder_through_the_cli_session(project, monkeypatch):
+    import errno
+
+    import safetensors.torch
+    from kedro.framework.project import settings
+
+    project.run("data_processing")
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 64)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    params = {"training": {"embedding_dim": 8, "hidden_dim": 16, "batch_size": 4, "device": "cpu", "threads": 1,
+                           "epochs": 1, "max_minutes": None}}
+    with settings.SESSION_CLASS.create(project_path=project.path, runtime_params=params) as session:
+        try:
+            session.run(pipeline_names=["training"])
+        except Exception as exc:  # noqa: BLE001 — the message is what the user sees
+            message = str(exc)
+        else:
+            message = "the run succeeded"
+    folder = project.path / "data/06_models/checkpoints"
+    assert f"into {Path('data/06_models/checkpoints')}" in message or f"into {folder}" in message, message
+    assert "No space left on device" in message and "disk is full" in message
+    assert not list(folder.iterdir())  # no checkpoint, no hidden temporary folder
+    assert not (project.path / "data/06_models/poet").exists()
+
+
+def test_a_stale_temporary_checkpoint_folder_is_removed_by_the_next_run(project):
+    project.run("data_processing")
+    folder = project.path / "data/06_models/checkpoints"
+    stale = folder / ".step-0000000003.x1y2.tmp"  # left by a save that was kill -9'd
+    stale.mkdir(parents=True)
+    (stale / "state.safetensors").write_bytes(b"\0" * 32)
+    for path in (stale / "state.safetensors", stale):
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+    assert kedro(project, "--pipeline=training", f"--params={TINY},training.epochs=1").returncode == 0
+    assert not stale.exists() and checkpoints(project)
