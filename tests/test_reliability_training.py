@@ -5,9 +5,13 @@ and no checkpoint or model that would mislead the next run."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from tangshi_pipeline.model import Artifact
 
@@ -112,3 +116,74 @@ def test_a_stale_temporary_checkpoint_folder_is_removed_by_the_next_run(project)
         os.utime(path, (1_600_000_000, 1_600_000_000))
     assert kedro(project, "--pipeline=training", f"--params={TINY},training.epochs=1").returncode == 0
     assert not stale.exists() and checkpoints(project)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, ...]; None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _children(pid: int, marker: str) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (_stat(int(entry.name)) or ["", "0"])[1] == str(pid):
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    kids.append(int(entry.name))
+            except OSError:
+                pass
+    return kids
+
+
+def _running(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"  # an exited orphan may stay a zombie where nothing reaps it
+
+
+def kill_launcher_and_watch_ranks(project, command: list[str], marker: str) -> list[int]:
+    """Start a long training with ``command``; once it has written a checkpoint, ``kill -9`` the
+    launcher only. Returns the ranks still running 15 s later (all are killed before returning)."""
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    launcher = subprocess.Popen(command, cwd=project.path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    ranks: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (checkpoints(project) and len(ranks) == 2):
+            assert launcher.poll() is None, "the training stopped by itself"
+            ranks = _children(launcher.pid, marker)
+            time.sleep(0.2)
+        assert len(ranks) == 2, f"ranks not found: {ranks}"
+        launcher.kill()  # SIGKILL to the launcher alone, as `kill -9 <pid>`
+        launcher.wait(timeout=30)
+        deadline = time.time() + 15
+        while time.time() < deadline and any(map(_running, ranks)):
+            time.sleep(0.2)
+        return [pid for pid in ranks if _running(pid)]
+    finally:
+        for pid in [launcher.pid, *ranks]:  # torchrun starts its ranks in sessions of their own
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+LONG = f"{TINY},training.epochs=100000,training.max_minutes=null,training.checkpoint_every=1"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the ranks in /proc")
+def test_kill_9_of_torchrun_stops_its_ranks(project):
+    project.run("data_processing")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "tangshi_pipeline.distributed", f"--params={LONG}"]
+    assert kill_launcher_and_watch_ranks(project, command, "tangshi_pipeline.distributed") == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the ranks in /proc")
+def test_kill_9_of_kedro_run_stops_the_ranks_it_spawned(project):
+    project.run("data_processing")
+    command = [KEDRO, "run", "--pipeline=training", f"--params={LONG},training.world_size=2"]
+    assert kill_launcher_and_watch_ranks(project, command, "spawn_main") == []
