@@ -4,7 +4,8 @@
 ``ModelArtifact`` is the versioned model: safetensors weights plus a JSON config, never pickle.
 
 ``TrainingCheckpoints`` gives the training node a :class:`CheckpointStore`: resumable training
-state (weights, optimizer state, RNG state, position in the run) as safetensors plus JSON.
+state (weights, optimizer state, RNG state, position in the run) as safetensors plus JSON, the
+JSON recording the safetensors file's sha256, checked on load.
 
 ``ParquetTable`` saves a pandas DataFrame as parquet with an explicit Arrow schema (token ids are a
 real ``list<int32>`` column, not pickled objects) and publishes the file atomically: it is written
@@ -183,7 +184,7 @@ class CheckpointError(ValueError):
     and what to do."""
 
 
-def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors that hold a NaN or an infinity."""
     return [name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
 
@@ -240,7 +241,7 @@ class CheckpointStore:
         skipped = []
         for path in reversed(self.paths()):
             checkpoint = self._read(path)
-            bad = non_finite(checkpoint.tensors)
+            bad = non_finite_tensors(checkpoint.tensors)
             if not bad:
                 return checkpoint
             log.warning("checkpoint %s holds non-finite values (%d tensors: %s): not resuming from it",

@@ -5,8 +5,11 @@ AdamW (or the classic RMSprop), gradient clipping, optional bf16 autocast on CUD
 budget and checkpoints, and continues from the newest compatible checkpoint of a
 :class:`CheckpointStore`. A checkpoint is written every ``checkpoint_every`` epochs, every
 ``checkpoint_minutes``, when the budget runs out, on Ctrl-C and at the end, so a re-run (with the
-same or a larger ``epochs``) goes on from there. The loop only synchronises with the device for
-the progress display (about twice a second) and at epoch ends.
+same or a larger ``epochs``) goes on from there. Weights and optimizer state are checked to be
+finite before each checkpoint and at the end, so neither a checkpoint nor the model is ever saved
+with a NaN or an infinity. The history has a row per epoch (train and validation loss) and one of
+the train loss every ``LOG_EVERY`` steps. The loop only synchronises with the device for the
+progress display (about twice a second), for those rows and at epoch ends.
 
 Inside a ``torch.distributed`` process group (``distributed.py`` starts one) :func:`fit` trains
 data-parallel: each rank takes its share of every epoch's batches (:meth:`Buckets.shard`),
@@ -30,7 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from tangshi_pipeline.batching import Buckets, head_nll, nll
-from tangshi_pipeline.datasets import CheckpointError, CheckpointStore, non_finite
+from tangshi_pipeline.datasets import CheckpointError, CheckpointStore, non_finite_tensors
 from tangshi_pipeline.model import CharRNN, ModelConfig
 from tangshi_pipeline.params import ParameterError, TrainingParams
 
@@ -301,7 +304,7 @@ def _non_finite_error(problem: str, pos: Position, store: CheckpointStore | None
 def _require_finite(tensors: dict[str, torch.Tensor], pos: Position, store: CheckpointStore | None,
                     world: int) -> None:
     """Stop before weights or optimizer state holding NaN or infinity are saved (checkpoint or model)."""
-    bad = non_finite(tensors)
+    bad = non_finite_tensors(tensors)
     if bad:
         names = ", ".join(bad[:3]) + (", …" if len(bad) > 3 else "")
         raise _non_finite_error(f"the weights or optimizer state became non-finite ({len(bad)} of {len(tensors)} "
