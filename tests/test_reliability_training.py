@@ -73,7 +73,8 @@ def test_a_changed_checkpoint_is_refused_naming_the_file(project):
     proc = kedro(project, "--pipeline=training", f"--params={TINY},training.epochs=2")
     log = one_line(proc)
     assert proc.returncode != 0
-    assert f"{state.parent.name}: state.safetensors does not match the sha256 recorded in state.json" in log, log[-3000:]
+    expected = f"{state.parent.name}: state.safetensors does not match the sha256 recorded in state.json"
+    assert expected in log, log[-3000:]
     assert "delete that folder" in log and "training.resume=false" in log
 
 

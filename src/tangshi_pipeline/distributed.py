@@ -70,12 +70,13 @@ def stop_with_parent(grace_s: float = 60.0, interval_s: float = 1.0) -> None:
     ``kill -9`` of torchrun (or of the ``kedro run`` whose train node spawned the ranks) gives it no
     chance to stop its ranks: they would go on training, rank 0 writing checkpoints, on their own.
     A daemon thread polls for the parent's pid to change (the orphan was adopted), then sends this
-    process SIGINT — every rank stops, rank 0 saving a checkpoint unless it was waiting on a rank
-    that stopped first — unless the kernel sends one already (``torch.multiprocessing.spawn`` asks for that; PR_SET_PDEATHSIG is not used here
-    because it fires when the launcher's *thread* ends, and torchrun starts its ranks from one). If
-    the process is still there ``grace_s`` later (waiting in a collective for a rank that is gone),
-    or at once where SIGINT is ignored, it ends it outright; a checkpoint cut short stays a hidden
-    temporary folder, swept later.
+    process SIGINT: every rank stops, rank 0 saving a checkpoint unless it was waiting on a rank
+    that stopped first. Where the kernel sends that SIGINT already (``torch.multiprocessing.spawn``
+    asks for it), the thread does not. (PR_SET_PDEATHSIG is not used here: it fires when the
+    launcher's *thread* ends, and torchrun starts its ranks from one.) A process still there
+    ``grace_s`` later (waiting in a collective for a rank that is gone), or at once where SIGINT
+    is ignored, is ended outright; a checkpoint cut short stays a hidden temporary folder, which a
+    later run sweeps.
     """
     parent, kernel_signals = os.getppid(), _parent_death_signal() != 0
 
@@ -83,7 +84,7 @@ def stop_with_parent(grace_s: float = 60.0, interval_s: float = 1.0) -> None:
         while os.getppid() == parent:
             time.sleep(interval_s)
         os.write(2, f"rank process {os.getpid()}: its launcher (pid {parent}) is gone; stopping\n".encode())
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # else ignored (a background job)
+        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # ignored in a shell's background job
             if not kernel_signals:
                 os.kill(os.getpid(), signal.SIGINT)
             time.sleep(grace_s)
