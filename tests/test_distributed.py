@@ -81,14 +81,17 @@ def _resume(rank, out):
     p = params(epochs=2, batch_size=4, dropout=0.3, world_size=WORLD)
     seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
             for i in range(30)]
-    straight = fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "a"), CPU)
+    # a train-loss row every 3 steps: the window of one spans the checkpoint (4 steps per epoch)
+    straight = fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "a"), CPU, log_every=3)
     store = CheckpointStore(Path(out) / "b")
-    first = fit(config(p), "fp", Buckets(seqs, 4), None, p.model_copy(update={"epochs": 1}), store, CPU)
-    resumed = fit(config(p), "fp", Buckets(seqs, 4), None, p, store, CPU)
+    first = fit(config(p), "fp", Buckets(seqs, 4), None, p.model_copy(update={"epochs": 1}), store, CPU, log_every=3)
+    resumed = fit(config(p), "fp", Buckets(seqs, 4), None, p, store, CPU, log_every=3)
     report = {"first_resumed_from": first.resumed_from, "resumed_from": resumed.resumed_from,
               "first_steps": first.position.global_step,
               "same_weights": all(torch.equal(v, resumed.model.state_dict()[k])
                                   for k, v in straight.model.state_dict().items()),
+              "straight_rows": [(h["kind"], h["step"]) for h in straight.position.history],
+              "resumed_rows": [(h["kind"], h["step"]) for h in resumed.position.history],
               "straight_loss": [h["train_loss"] for h in straight.position.history],
               "resumed_loss": [h["train_loss"] for h in resumed.position.history]}
     (Path(out) / f"resume-rank{rank}.json").write_text(json.dumps(report))
@@ -157,6 +160,7 @@ def test_ranks_resume_together_from_one_checkpoint(two_ranks):
         assert report["first_resumed_from"] is None
         assert report["resumed_from"].endswith(f"step-{report['first_steps']:010d}")  # the same one on each rank
         assert report["same_weights"]
+        assert report["resumed_rows"] == report["straight_rows"] and ["step", 3] in report["straight_rows"]
         assert report["resumed_loss"] == pytest.approx(report["straight_loss"], rel=1e-6)
     assert len(list((two_ranks / "b").glob("step-*"))) == 2  # rank 0 wrote; nothing half-written
     assert not list((two_ranks / "b").glob(".*"))
@@ -168,6 +172,37 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(two_ranks):
     for r in range(WORLD):  # the same error on both ranks (not a collective failing on rank 0)
         outcome = json.loads((two_ranks / f"nan-rank{r}.json").read_text())["outcome"]
         assert "non-finite" in outcome and kept[0].name in outcome, outcome
+
+
+TEARDOWN = """
+import os, sys
+import tangshi_pipeline.training  # what every rank imports before it joins a group
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[1], rank=0, world_size=1)
+model = DistributedDataParallel(torch.nn.Linear(2, 1))
+model(torch.ones(3, 2)).sum().backward()
+del model
+dist.destroy_process_group()
+print(before, threads())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts the process's threads in /proc")
+def test_destroy_process_group_stops_gloo_threads_after_ddp():
+    """A rank that used DistributedDataParallel must not keep gloo's worker threads past
+    destroy_process_group: one still freeing a tensor when Python exits aborts the rank (SIGABRT,
+    "terminate called without an active exception" — the random `ranks exited with [0, -6]`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-c", TEARDOWN, str(port)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = map(int, proc.stdout.split())
+    assert after == before, f"{after - before} threads of the destroyed process group still run"
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 7])

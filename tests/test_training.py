@@ -1,6 +1,12 @@
 """The training loop: resume after an interruption gives the weights of an uninterrupted run,
 incompatible checkpoints are refused, checkpoints are complete and pruned."""
 
+import errno
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +154,129 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
     kept = store.latest()
     assert kept.path == good.path  # nothing saved after the weights went bad
     assert all(torch.isfinite(t).all() for k, t in kept.tensors.items() if t.is_floating_point())
+
+
+def test_a_non_finite_checkpoint_is_skipped_for_the_older_finite_one(tmp_path, data, caplog):
+    train, val = data
+    store = CheckpointStore(tmp_path / "skip")
+    p = params(epochs=2, checkpoint_every=1)
+    fit(config(p), "fp", train, val, params(epochs=1), store, CPU)
+    good = store.latest()
+    poisoned = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in good.tensors.items()}
+    store.save(good.meta["position"]["global_step"] + 1, good.meta, poisoned)  # as older code could leave
+    resumed = fit(config(p), "fp", train, val, p, store, CPU)
+    assert resumed.resumed_from == str(good.path)
+    assert "holds non-finite values" in caplog.text
+    straight = fit(config(p), "fp", train, val, p, None, CPU)
+    for k, v in weights(straight).items():
+        assert torch.equal(v, weights(resumed)[k]), k
+
+
+def test_only_non_finite_checkpoints_are_refused_with_what_to_do(tmp_path, data):
+    train, val = data
+    store = CheckpointStore(tmp_path / "allbad")
+    store.save(4, {"x": 1}, {"model.w": torch.tensor([1.0, float("inf")])})
+    with pytest.raises(CheckpointError, match=r"step-0000000004.*non-finite.*training.resume=false"):
+        fit(config(params()), "fp", train, val, params(epochs=1), store, CPU)
+    fresh = fit(config(params()), "fp", train, val, params(epochs=1, resume=False), store, CPU)
+    assert fresh.resumed_from is None and store.latest() is not None
+
+
+def test_weights_that_turn_non_finite_are_never_saved(tmp_path, data):
+    train, val = data
+    store = CheckpointStore(tmp_path / "inf")
+    p = params(epochs=3, checkpoint_every=1)
+    fit(config(p), "fp", train, val, params(epochs=1), store, CPU)
+    good = store.latest().path
+
+    def poison_at_epoch_end(pos, model):  # the loss of every step was finite; the last update is not
+        if pos.global_step == 2 * len(train):
+            with torch.no_grad():
+                model.head.weight.fill_(float("inf"))
+
+    with pytest.raises(FloatingPointError, match=rf"weights or optimizer state became non-finite .*{good.name}"):
+        fit(config(p), "fp", train, val, p, store, CPU, on_step=poison_at_epoch_end)
+    assert store.latest().path == good and sorted(store.folder.glob("step-*"))[-1] == good
+    with pytest.raises(FloatingPointError, match="there is none .this run keeps no checkpoints"):
+        fit(config(p), "fp", train, val, p, None, CPU, on_step=poison_at_epoch_end)  # nor a model
+
+
+def test_checkpoint_records_its_sha256_and_a_changed_file_is_refused(tmp_path, data):
+    train, val = data
+    store = CheckpointStore(tmp_path / "hash")
+    fit(config(params()), "fp", train, val, params(epochs=1), store, CPU)
+    path = sorted(store.folder.glob("step-*"))[-1]
+    state = path / "state.safetensors"
+    recorded = json.loads((path / "state.json").read_text("utf-8"))["state_sha256"]
+    assert recorded == hashlib.sha256(state.read_bytes()).hexdigest()
+    assert "state_sha256" not in store.latest().meta
+    raw = bytearray(state.read_bytes())
+    raw[-8:] = bytes(b ^ 1 for b in raw[-8:])  # the data region, same size: still a valid safetensors file
+    state.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=rf"{path.name}.*state.safetensors does not match the sha256 .*"
+                                              r"delete that folder.*training.resume=false"):
+        fit(config(params()), "fp", train, val, params(epochs=2), store, CPU)
+
+
+def test_disk_full_while_saving_a_checkpoint_names_the_folder_and_leaves_nothing(tmp_path, data, monkeypatch):
+    import safetensors.torch
+
+    train, val = data
+    store = CheckpointStore(tmp_path / "full")
+    fit(config(params()), "fp", train, val, params(epochs=1), store, CPU)
+    before = sorted(os.listdir(store.folder))
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 64)  # a part was written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match=rf"cannot write checkpoint step-\d+ into {store.folder} .No space "
+                                              r"left on device.*disk is full.*resumes from step-"):
+        fit(config(params()), "fp", train, val, params(epochs=2), store, CPU)
+    assert sorted(os.listdir(store.folder)) == before  # no hidden temporary folder, no new checkpoint
+
+
+def test_stale_temporary_folders_are_swept_fresh_ones_kept(tmp_path):
+    store = CheckpointStore(tmp_path)
+    stale, fresh = tmp_path / ".step-0000000009.abc.tmp", tmp_path / ".step-0000000010.def.tmp"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "state.safetensors").write_bytes(b"\0" * 8)
+    old = time.time() - 120  # two minutes untouched
+    for f in (stale / "state.safetensors", stale):
+        os.utime(f, (old, old))
+    store.save(3, {"x": 1}, {"w": torch.ones(2)})
+    assert not stale.exists() and fresh.exists()  # a save in progress elsewhere is left alone
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_history_has_a_train_loss_row_every_few_steps_besides_the_epoch_rows(data, log_every):
+    train, val = data
+    result = fit(config(params()), "fp", train, val, params(epochs=2), None, CPU, log_every=log_every)
+    history = result.position.history
+    steps = [h for h in history if h["kind"] == "step"]
+    epochs = [h for h in history if h["kind"] == "epoch"]
+    assert [h["step"] for h in steps] == list(range(log_every, 2 * len(train) + 1, log_every))
+    assert [h["epoch"] for h in epochs] == [1, 2] and all(h["val_loss"] is not None for h in epochs)
+    assert all(h["val_loss"] is None and h["train_loss"] > 0 for h in steps)
+    if log_every == 1:  # each row is one step's loss: their token-weighted mean is the epoch's
+        first = [h for h in steps if h["step"] <= len(train)]
+        tokens = np.diff([0] + [h["tokens"] for h in first])
+        assert np.average([h["train_loss"] for h in first], weights=tokens) == pytest.approx(epochs[0]["train_loss"])
+
+
+def test_interrupted_then_resumed_keeps_the_same_loss_rows(tmp_path, data):
+    train, val = data
+    p = params(checkpoint_minutes=None)
+    straight = fit(config(p), "fp", train, val, p, None, CPU, log_every=3)
+    store = CheckpointStore(tmp_path / "rows")
+    with pytest.raises(KeyboardInterrupt):  # between two rows: the window spans the checkpoint
+        fit(config(p), "fp", train, val, p, store, CPU, on_step=Interrupt(len(train) + 4), log_every=3)
+    resumed = fit(config(p), "fp", train, val, p, store, CPU, log_every=3)
+    assert [(h["kind"], h["step"]) for h in resumed.position.history] == \
+        [(h["kind"], h["step"]) for h in straight.position.history]
+    assert [h["train_loss"] for h in resumed.position.history] == \
+        pytest.approx([h["train_loss"] for h in straight.position.history], rel=1e-6)
+    for k, v in weights(straight).items():
+        assert torch.equal(v, weights(resumed)[k]), k

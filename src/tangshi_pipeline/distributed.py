@@ -11,17 +11,23 @@ starts the group:
   only the ``train`` node, reading its inputs through the Kedro catalog; rank 0 saves ``model`` and
   ``training_history`` through the catalog. torchrun's ``--nnodes`` and rendezvous options spread
   the ranks over machines (README, "Distributed training").
+
+Either way a rank stops, as on Ctrl-C, when its launcher dies (:func:`stop_with_parent`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -58,6 +64,48 @@ def backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def stop_with_parent(grace_s: float = 60.0, interval_s: float = 1.0) -> None:
+    """Stop this rank, as on Ctrl-C, when the process that started it dies.
+
+    ``kill -9`` of torchrun (or of the ``kedro run`` whose train node spawned the ranks) gives it no
+    chance to stop its ranks: they would go on training, rank 0 writing checkpoints, on their own.
+    A daemon thread polls for the parent's pid to change (the orphan was adopted), then sends this
+    process SIGINT: every rank stops, rank 0 saving a checkpoint unless it was waiting on a rank
+    that stopped first. Where the kernel sends that SIGINT already (``torch.multiprocessing.spawn``
+    asks for it), the thread does not. (PR_SET_PDEATHSIG is not used here: it fires when the
+    launcher's *thread* ends, and torchrun starts its ranks from one.) A process still there
+    ``grace_s`` later (waiting in a collective for a rank that is gone), or at once where SIGINT
+    is ignored, is ended outright; a checkpoint cut short stays a hidden temporary folder, which a
+    later run sweeps.
+    """
+    parent, kernel_signals = os.getppid(), _parent_death_signal() != 0
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.write(2, f"rank process {os.getpid()}: its launcher (pid {parent}) is gone; stopping\n".encode())
+        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # ignored in a shell's background job
+            if not kernel_signals:
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
+def _parent_death_signal() -> int:
+    """The signal the kernel sends this process when its parent dies (Linux: prctl
+    PR_GET_PDEATHSIG), 0 if none or where that cannot be asked."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    value = ctypes.c_int(0)
+    try:
+        ok = ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(value), 0, 0, 0) == 0  # 2: PR_GET_PDEATHSIG
+    except (OSError, AttributeError):
+        return 0
+    return value.value if ok else 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,6 +117,7 @@ def spawn_fit(config: ModelConfig, vocab_fingerprint: str, train: list[np.ndarra
     """Train on ``p.world_size`` ranks started on this machine; rank 0's result (model on the CPU)."""
     import torch.multiprocessing as mp
 
+    p = TrainingParams.model_validate(p.model_dump())  # plain values for the ranks (a node may get a subclass)
     rank_device(p, p.world_size - 1)  # enough GPUs? (a clear error here rather than from a rank)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(free_port())
@@ -85,6 +134,7 @@ def spawn_fit(config: ModelConfig, vocab_fingerprint: str, train: list[np.ndarra
 
 def _spawned_rank(rank: int, world: int, job: tuple) -> None:
     config, fingerprint, train_seqs, val_seqs, p, store, threads, eval_batch, out = job
+    stop_with_parent()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank {rank}/{world} %(name)s: %(message)s")
     device = rank_device(p, rank)
@@ -132,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if "RANK" not in os.environ:
         raise SystemExit("start this with torchrun, e.g. torchrun --nproc_per_node=2 -m tangshi_pipeline.distributed")
+    stop_with_parent()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,

@@ -5,8 +5,11 @@ AdamW (or the classic RMSprop), gradient clipping, optional bf16 autocast on CUD
 budget and checkpoints, and continues from the newest compatible checkpoint of a
 :class:`CheckpointStore`. A checkpoint is written every ``checkpoint_every`` epochs, every
 ``checkpoint_minutes``, when the budget runs out, on Ctrl-C and at the end, so a re-run (with the
-same or a larger ``epochs``) goes on from there. The loop only synchronises with the device for
-the progress display (about twice a second) and at epoch ends.
+same or a larger ``epochs``) goes on from there. Weights and optimizer state are checked to be
+finite before each checkpoint and at the end, so neither a checkpoint nor the model is ever saved
+with a NaN or an infinity. The history has a row per epoch (train and validation loss) and one of
+the train loss every ``LOG_EVERY`` steps. The loop only synchronises with the device for the
+progress display (about twice a second), for those rows and at epoch ends.
 
 Inside a ``torch.distributed`` process group (``distributed.py`` starts one) :func:`fit` trains
 data-parallel: each rank takes its share of every epoch's batches (:meth:`Buckets.shard`),
@@ -30,11 +33,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from tangshi_pipeline.batching import Buckets, head_nll, nll
-from tangshi_pipeline.datasets import CheckpointError, CheckpointStore
+from tangshi_pipeline.datasets import CheckpointError, CheckpointStore, non_finite_tensors
 from tangshi_pipeline.model import CharRNN, ModelConfig
 from tangshi_pipeline.params import ParameterError, TrainingParams
 
+if dist.is_available():
+    # Imported here, before any process group exists, on purpose. Its functions take
+    # ``group=group.WORLD`` as a default argument, evaluated on first import — which
+    # DistributedDataParallel triggers lazily. Imported inside a group, those defaults keep the
+    # group alive for ever: destroy_process_group then leaves gloo's worker threads running, and
+    # one still freeing a collective's tensor when Python exits aborts the rank (SIGABRT,
+    # "terminate called without an active exception"). Imported now, the defaults are None.
+    import torch.distributed.nn  # noqa: F401
+
 log = logging.getLogger(__name__)
+LOG_EVERY = 200  # optimizer steps between the history's train-loss rows (besides one row per epoch)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,6 +174,8 @@ class Position:
     elapsed_s: float = 0.0  # training wall time over all runs that led here
     epoch_loss: float = 0.0  # summed NLL of the current epoch so far
     epoch_tokens: int = 0
+    window_loss: float = 0.0  # summed NLL since the history's last train-loss row
+    window_start_tokens: int = 0  # ``tokens`` at that row
     history: list[dict] = field(default_factory=list)
 
 
@@ -221,11 +236,103 @@ def _progress(total: int, quiet: bool = False) -> Progress:
     )
 
 
+def _resume(store: CheckpointStore | None, model: CharRNN, opt: torch.optim.Optimizer, compat: dict,
+            p: TrainingParams, rank: int, world: int) -> tuple[Position, str | None]:
+    """Where training starts: the newest usable checkpoint (its weights, optimizer and RNG state
+    restored into ``model`` and ``opt``) and its path, or a fresh position. ``training.resume=false``
+    deletes the checkpoints (on rank 0) instead."""
+    if store is None:
+        return Position(), None
+    if not p.resume:
+        if rank == 0 and store.paths():
+            log.info("training.resume=false: deleting the checkpoints in %s and starting fresh", store.folder)
+            store.clear()
+        return Position(), None
+    checkpoint = store.latest()
+    if checkpoint is None:
+        return Position(), None
+    meta = checkpoint.meta
+    if not {"compatibility", "position", "training"} <= set(meta):
+        raise CheckpointError(f"checkpoint {checkpoint.path} is not a training checkpoint of this project "
+                              f"(state.json lacks its fields); set training.resume=false to start fresh.")
+    if meta["compatibility"] != compat:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} was trained with a different model or vocabulary "
+            f"({_describe_mismatch(meta['compatibility'], compat)}), so it cannot be resumed. "
+            f"Set training.resume=false to start fresh (its checkpoints are deleted), or restore "
+            f"the parameters it was trained with."
+        )
+    try:
+        _restore(model, opt, checkpoint.tensors, rank)
+        pos = Position(**meta["position"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored ({str(exc).splitlines()[0]}); "
+                              f"set training.resume=false to start fresh.") from None
+    old = meta["training"]
+    if pos.step and (old["seed"], old["batch_size"], old.get("world_size", 1)) != (p.seed, p.batch_size, world):
+        log.warning("seed, batch_size or world_size changed: the interrupted epoch %d is not finished, going on with "
+                    "epoch %d", pos.epoch + 1, pos.epoch + 2)
+        pos.epoch, pos.step, pos.epoch_loss, pos.epoch_tokens = pos.epoch + 1, 0, 0.0, 0
+    if rank:  # the saved sums are all ranks'; rank 0 carries them on
+        pos.epoch_loss = pos.window_loss = 0.0
+    log.info("resuming from %s: epoch %d, batch %d, %.1f min trained so far",
+             checkpoint.path, pos.epoch + 1, pos.step, pos.elapsed_s / 60)
+    return pos, str(checkpoint.path)
+
+
+def _last_good(store: CheckpointStore | None) -> str:
+    """The checkpoint a re-run would resume from, for messages."""
+    if store is None:
+        return "there is none (this run keeps no checkpoints)"
+    try:
+        good = store.latest()
+    except CheckpointError as exc:
+        return f"there is none usable ({exc})"
+    return str(good.path) if good else "there is none yet"
+
+
+def _non_finite_error(problem: str, pos: Position, store: CheckpointStore | None, world: int) -> NonFiniteLoss:
+    return NonFiniteLoss(
+        f"{problem} by global step {pos.global_step} (epoch {pos.epoch + 1}, batch {pos.step}; the loss is "
+        f"checked every ~0.5 s{', and on every rank every 16 steps' if world > 1 else ''}, the weights and "
+        f"optimizer state before every checkpoint and at the end). Nothing from this run after the last good "
+        f"checkpoint is saved: {_last_good(store)}. Lower training.learning_rate or set training.grad_clip, "
+        f"then run again to resume from it."
+    )
+
+
+def _require_finite(tensors: dict[str, torch.Tensor], pos: Position, store: CheckpointStore | None,
+                    world: int) -> None:
+    """Stop before weights or optimizer state holding NaN or infinity are saved (checkpoint or model)."""
+    bad = non_finite_tensors(tensors)
+    if bad:
+        names = ", ".join(bad[:3]) + (", …" if len(bad) > 3 else "")
+        raise _non_finite_error(f"the weights or optimizer state became non-finite ({len(bad)} of {len(tensors)} "
+                                f"tensors: {names})", pos, store, world)
+
+
+def _row_due(pos: Position, log_every: int) -> bool:
+    return pos.global_step % log_every == 0 and pos.tokens > pos.window_start_tokens
+
+
+def _loss_row(pos: Position, batches: int, elapsed_s: float, world: int, device: torch.device) -> dict:
+    """The history's row of the mean train loss over the steps since its previous such row."""
+    window = _all_sum(pos.window_loss, device) if world > 1 else pos.window_loss
+    row = {"kind": "step", "epoch": round(pos.epoch + pos.step / batches, 3), "step": pos.global_step,
+           "tokens": pos.tokens, "elapsed_s": round(elapsed_s, 1),
+           "train_loss": window / max(pos.tokens - pos.window_start_tokens, 1),
+           "val_loss": None, "val_perplexity": None, "tokens_per_s": None}
+    pos.window_loss, pos.window_start_tokens = 0.0, pos.tokens
+    return row
+
+
 def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Buckets | None, p: TrainingParams,
         store: CheckpointStore | None, device: torch.device,
-        on_step: Callable[[Position, CharRNN], None] | None = None) -> Result:
+        on_step: Callable[[Position, CharRNN], None] | None = None, log_every: int = LOG_EVERY) -> Result:
     """Train (or continue training) a model; see the module docstring. ``on_step(position, model)``
-    is called after every optimizer step (tests and benchmarks use it; it may raise to interrupt)."""
+    is called after every optimizer step (tests and benchmarks use it; it may raise to interrupt).
+    The history gets a row per epoch (with validation loss) and one of the train loss every
+    ``log_every`` steps."""
     torch.manual_seed(p.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (cuDNN RNNs already are)
@@ -236,46 +343,15 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     model.head.bias.data = (counts / counts.sum()).log().float()
     model = model.to(device).train()
     opt = make_optimizer(model, p, device)
-    pos, resumed_from = Position(), None
     rank, world = ranks()  # every rank reads the same checkpoint; only rank 0 writes
     compat = compatibility(config, vocab_fingerprint, p)
 
-    checkpoint = store.latest() if store is not None and p.resume else None
-    if checkpoint is not None:
-        meta = checkpoint.meta
-        if not {"compatibility", "position", "training"} <= set(meta):
-            raise CheckpointError(f"checkpoint {checkpoint.path} is not a training checkpoint of this project "
-                                  f"(state.json lacks its fields); set training.resume=false to start fresh.")
-        if meta["compatibility"] != compat:
-            raise CheckpointError(
-                f"checkpoint {checkpoint.path} was trained with a different model or vocabulary "
-                f"({_describe_mismatch(meta['compatibility'], compat)}), so it cannot be resumed. "
-                f"Set training.resume=false to start fresh (its checkpoints are deleted), or restore "
-                f"the parameters it was trained with."
-            )
-        try:
-            _restore(model, opt, checkpoint.tensors, rank)
-            pos = Position(**meta["position"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored ({str(exc).splitlines()[0]}); "
-                                  f"set training.resume=false to start fresh.") from None
-        old = meta["training"]
-        if pos.step and (old["seed"], old["batch_size"], old.get("world_size", 1)) != (p.seed, p.batch_size, world):
-            log.warning("seed, batch_size or world_size changed: the interrupted epoch %d is not finished, going on with "
-                        "epoch %d", pos.epoch + 1, pos.epoch + 2)
-            pos.epoch, pos.step, pos.epoch_loss, pos.epoch_tokens = pos.epoch + 1, 0, 0.0, 0
-        if rank:
-            pos.epoch_loss = 0.0  # the saved sum is all ranks'; rank 0 carries it on
-        resumed_from = str(checkpoint.path)
-        log.info("resuming from %s: epoch %d, batch %d, %.1f min trained so far",
-                 checkpoint.path, pos.epoch + 1, pos.step, pos.elapsed_s / 60)
-    elif rank == 0 and store is not None and not p.resume and store.latest() is not None:
-        log.info("training.resume=false: deleting the checkpoints in %s and starting fresh", store.folder)
-        store.clear()
-
+    pos, resumed_from = _resume(store, model, opt, compat, p, rank, world)
+    batches = train.steps(world)  # = len(train) on one process
+    if _row_due(pos, log_every):  # interrupted just before its train-loss row was written
+        pos.history.append(_loss_row(pos, batches, pos.elapsed_s, world, device))
     if p.precision == "bf16" and device.type != "cuda":
         log.warning("training.precision = 'bf16' applies on CUDA only; training in fp32 on %s", device)
-    batches = train.steps(world)  # = len(train) on one process
     fused = device.type != "cuda" if p.fused_head == "auto" else p.fused_head
     step_loss = _StepLoss(model, fused)
     if world > 1:
@@ -297,7 +373,9 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
         stopping alone leaves the others waiting in a collective): they check only where all of them
         are at the same step (``agreed``) and stop if any rank saw one."""
         nonlocal running
-        pos.epoch_loss += running.item()
+        summed = running.item()
+        pos.epoch_loss += summed
+        pos.window_loss += summed
         running = torch.zeros((), device=device)
         bad = not math.isfinite(pos.epoch_loss)
         if world > 1 and agreed:
@@ -308,14 +386,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
             non_finite()
 
     def non_finite() -> None:
-        good = store.latest() if store is not None else None
-        raise NonFiniteLoss(
-            f"the training loss became non-finite ({pos.epoch_loss}) by global step {pos.global_step} (epoch {pos.epoch + 1}, "
-            f"batch {pos.step}; checked every ~0.5 s{', and on every rank every 16 steps' if world > 1 else ''}). "
-            f"Nothing from this run after the last good checkpoint is saved: "
-            f"{good.path if good else 'there is none yet'}. Lower training.learning_rate or set "
-            f"training.grad_clip, then run again to resume from it."
-        )
+        raise _non_finite_error(f"the training loss became non-finite ({pos.epoch_loss})", pos, store, world)
 
     def save(reason: str, collective: bool = True) -> None:
         if store is None:
@@ -323,15 +394,18 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
         sync(agreed=collective)
         if world > 1 and not collective and not math.isfinite(pos.epoch_loss):
             non_finite()  # alone (interrupted): this rank's own loss decides
+        tensors = _state_tensors(model, opt)
+        _require_finite(tensors, pos, store, world)  # the same weights on every rank: all stop alike
         pos.elapsed_s = trained_before + time.perf_counter() - start
         saved, others = asdict(pos), {}
         if world > 1 and collective:
             saved["epoch_loss"] = _all_sum(pos.epoch_loss, device)
+            saved["window_loss"] = _all_sum(pos.window_loss, device)
             others = _ranks_rng(world, device)
         if rank:
             return
         meta = {"compatibility": compat, "training": p.model_dump(), "position": saved, "reason": reason}
-        path = store.save(pos.global_step, meta, _state_tensors(model, opt) | others)
+        path = store.save(pos.global_step, meta, tensors | others)
         log.info("checkpoint (%s): %s", reason, path)
 
     def record(partial: bool) -> None:
@@ -340,7 +414,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
         epoch_loss = _all_sum(pos.epoch_loss, device) if world > 1 else pos.epoch_loss
         val_loss = evaluate(model, val, device, p.precision) if val is not None and rank == 0 else None
         row = {
-            "epoch": round(pos.epoch + pos.step / batches, 3) if partial else pos.epoch,
+            "kind": "epoch", "epoch": round(pos.epoch + pos.step / batches, 3) if partial else pos.epoch,
             "step": pos.global_step, "tokens": pos.tokens,
             "elapsed_s": round(trained_before + time.perf_counter() - start, 1),
             "train_loss": epoch_loss / max(pos.epoch_tokens, 1),
@@ -378,6 +452,10 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                     segment_tokens += step_tokens
                     if on_step is not None:
                         on_step(pos, model)
+                    if _row_due(pos, log_every):
+                        sync(agreed=True)
+                        pos.history.append(_loss_row(pos, batches, trained_before + time.perf_counter() - start,
+                                                     world, device))
                     now = time.perf_counter()
                     if now - last_display > 0.5:
                         sync()
@@ -421,6 +499,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     elif not session_tokens:
         log.info("already trained for %d epochs (training.epochs = %d): nothing to do; raise epochs to "
                  "train longer", pos.epoch, p.epochs)
+    _require_finite({f"model.{k}": v for k, v in model.state_dict().items()}, pos, store, world)
     if world > 1:
         dist.barrier()  # rank 0's last checkpoint is on disk before any rank goes on (and may read it)
     pos.elapsed_s = trained_before + time.perf_counter() - start

@@ -34,7 +34,7 @@ def test_training_pipeline_writes_a_versioned_model_metrics_history_and_curve(pr
     assert artifact.meta["vocab"]["specials"]["start"] == "G"
     assert artifact.meta["metrics"]["train_loss"] > 0
     history = pd.read_csv(data / "08_reporting/training_history.csv")
-    assert history["epoch"].tolist() == [1, 2]
+    assert history["epoch"].tolist() == [1, 2] and history["kind"].tolist() == ["epoch", "epoch"]
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     metrics = json.loads((data / "08_reporting/training_metrics.json").read_text("utf-8"))
     assert set(metrics) >= {"val", "test"}
@@ -75,3 +75,14 @@ def test_bad_training_parameter_is_named_before_any_node_runs(project):
     with pytest.raises(Exception, match=r"training.cell = 'transformer'"):
         run(project, cell="transformer")
     assert not (project.path / "data/06_models/poet").exists()
+
+
+def test_history_and_curve_get_a_train_loss_row_every_200_steps(project):
+    project.run("data_processing")
+    run(project, batch_size=1, epochs=30)  # 7 training poems: 210 steps
+    history = pd.read_csv(project.path / "data/08_reporting/training_history.csv")
+    steps = history[history["kind"] == "step"]
+    assert steps["step"].tolist() == [200] and steps["val_loss"].isna().all() and steps["train_loss"].gt(0).all()
+    assert history.loc[history["kind"] == "epoch", "epoch"].tolist() == list(range(1, 31))
+    assert load_model(project).meta["training"]["epochs_done"] == 30  # from the last epoch row
+    assert (project.path / "data/08_reporting/training_curve.png").stat().st_size > 1000

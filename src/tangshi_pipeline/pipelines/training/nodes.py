@@ -54,7 +54,7 @@ def train(vectors: pd.DataFrame, vocab: dict, params: dict, checkpoints: Checkpo
         train_set = Buckets(train_seqs, p.batch_size, device)
         val_set = Buckets(val_seqs, _eval_batch(device), device) if val_seqs else None
         result = fit(config, vocab_.fingerprint, train_set, val_set, p, checkpoints, device)
-    pos, last = result.position, (result.position.history or [{}])[-1]
+    pos, last = result.position, _last_epoch_row(result.position.history)
     meta = {
         "vocab_fingerprint": vocab_.fingerprint,
         "vocab": {"size": len(vocab_), "specials": vocab["specials"]},
@@ -64,8 +64,13 @@ def train(vectors: pd.DataFrame, vocab: dict, params: dict, checkpoints: Checkpo
         "metrics": {k: last.get(k) for k in ("train_loss", "val_loss", "val_perplexity")},
     }
     history = pd.DataFrame(pos.history, columns=["epoch", "step", "tokens", "elapsed_s", "train_loss",
-                                                 "val_loss", "val_perplexity", "tokens_per_s"])
+                                                 "val_loss", "val_perplexity", "tokens_per_s", "kind"])
     return Artifact(result.model.cpu().eval(), meta), history
+
+
+def _last_epoch_row(history: list[dict]) -> dict:
+    """The newest per-epoch row (train and validation loss); rows of kind "step" hold the train loss only."""
+    return next((row for row in reversed(history) if row.get("kind") != "step"), {})
 
 
 def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, params: dict) -> dict[str, Any]:
@@ -93,16 +98,21 @@ def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, params: 
 
 
 def training_curve(history: pd.DataFrame) -> Figure:
-    """Train and validation loss per epoch, and training speed."""
+    """Train loss (every few hundred steps, and per epoch), validation loss per epoch, training speed."""
+    steps = history["kind"].eq("step") if "kind" in history else pd.Series(False, index=history.index)
+    epochs = history[~steps]
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     loss_ax, speed_ax = fig.subplots(1, 2)
-    loss_ax.plot(history["epoch"], history["train_loss"], "o-", label="train")
-    if history["val_loss"].notna().any():
-        loss_ax.plot(history["epoch"], history["val_loss"], "s-", label="validation")
+    if steps.any():
+        loss_ax.plot(history.loc[steps, "epoch"], history.loc[steps, "train_loss"], "-", color="tab:blue",
+                     alpha=0.6, label="train (steps since the previous point)")
+    loss_ax.plot(epochs["epoch"], epochs["train_loss"], "o", color="tab:blue", label="train (epoch mean)")
+    if epochs["val_loss"].notna().any():
+        loss_ax.plot(epochs["epoch"], epochs["val_loss"], "s-", color="tab:orange", label="validation")
     loss_ax.set(xlabel="epoch", ylabel="loss (nats per character)", title="loss")
     loss_ax.legend()
     loss_ax.grid(alpha=0.3)
-    speed_ax.plot(history["epoch"], history["tokens_per_s"] / 1000, "o-", color="tab:green")
+    speed_ax.plot(epochs["epoch"], epochs["tokens_per_s"] / 1000, "o-", color="tab:green")
     speed_ax.set(xlabel="epoch", ylabel="thousand tokens / s", title="training speed", ylim=(0, None))
     speed_ax.grid(alpha=0.3)
     return fig
