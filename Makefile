@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 data: $(STAMP)
-	$(BIN)/python -m tangshi_pipeline.corpus
+	$(BIN)/python -m tangshi_pipeline.plumbing.corpus
 
 run: data
 	$(BIN)/kedro run

@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
-from tangshi_pipeline.batching import split_sequences  # noqa: E402
-from tangshi_pipeline.distributed import spawn_fit  # noqa: E402
-from tangshi_pipeline.model import ModelConfig  # noqa: E402
-from tangshi_pipeline.params import TrainingParams  # noqa: E402
-from tangshi_pipeline.vocab import Vocab  # noqa: E402
+from tangshi_pipeline.poet.batching import split_sequences  # noqa: E402
+from tangshi_pipeline.poet.distributed import spawn_fit  # noqa: E402
+from tangshi_pipeline.poet.model import ModelConfig  # noqa: E402
+from tangshi_pipeline.poet.params import TrainingParams  # noqa: E402
+from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
-from tangshi_pipeline.decoding import Decoder, Settings, greedy_refeed  # noqa: E402
-from tangshi_pipeline.model import CharRNN, ModelConfig  # noqa: E402
-from tangshi_pipeline.prosody import Prosody  # noqa: E402
-from tangshi_pipeline.vocab import Vocab  # noqa: E402
+from tangshi_pipeline.poet.decoding import Decoder, Settings, greedy_refeed  # noqa: E402
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig  # noqa: E402
+from tangshi_pipeline.poet.prosody import Prosody  # noqa: E402
+from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 
 DATA = Path("data")
 BEGINS = list("日红山夜湖君月")
@@ -36,7 +36,7 @@ BEGINS = list("日红山夜湖君月")
 def load_model(vocab: Vocab) -> tuple[CharRNN, str]:
     from kedro.io import Version
 
-    from tangshi_pipeline.datasets import ModelArtifact
+    from tangshi_pipeline.plumbing.datasets import ModelArtifact
 
     dataset = ModelArtifact(str(DATA / "06_models/poet"), Version(None, None))
     if dataset.exists():

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from classic_baseline import ClassicPoet, train_classic  # noqa: E402
 from common import write_results  # noqa: E402
 
-from tangshi_pipeline.batching import Buckets, split_sequences  # noqa: E402
-from tangshi_pipeline.model import ModelConfig  # noqa: E402
-from tangshi_pipeline.params import TrainingParams  # noqa: E402
-from tangshi_pipeline.training import evaluate, fit, set_threads  # noqa: E402
-from tangshi_pipeline.vocab import Vocab  # noqa: E402
+from tangshi_pipeline.poet.batching import Buckets, split_sequences  # noqa: E402
+from tangshi_pipeline.poet.model import ModelConfig  # noqa: E402
+from tangshi_pipeline.poet.params import TrainingParams  # noqa: E402
+from tangshi_pipeline.poet.training import evaluate, fit, set_threads  # noqa: E402
+from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 
 
 class Snapshots:

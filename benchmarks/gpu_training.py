@@ -4,7 +4,7 @@ One prepared script, a few minutes (about 6 on an H100), results to benchmarks/r
 
 1. tokens/s of the classic-size model (embedding 100, 2 × LSTM 128) at batch 256 and 1024, fp32 and
    bf16 (plus the fused head+loss at batch 1024 fp32 for comparison). Each run trains through
-   :func:`tangshi_pipeline.training.fit` for ``--seconds`` (default 15); the rate is measured after
+   :func:`tangshi_pipeline.poet.training.fit` for ``--seconds`` (default 15); the rate is measured after
    a warm-up of 30 steps, between two device synchronisations. Target on an H100: ≥ 5 M tokens/s.
 2. validation perplexity after ``--quality-seconds`` (default 60) of training, for the default
    parameters (conf/base/parameters_training.yml) and for a few larger candidates; the best is
@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
-from tangshi_pipeline.batching import Buckets, split_sequences  # noqa: E402
-from tangshi_pipeline.model import ModelConfig  # noqa: E402
-from tangshi_pipeline.params import TrainingParams  # noqa: E402
-from tangshi_pipeline.training import evaluate, fit, resolve_device, set_threads  # noqa: E402
-from tangshi_pipeline.vocab import Vocab  # noqa: E402
+from tangshi_pipeline.poet.batching import Buckets, split_sequences  # noqa: E402
+from tangshi_pipeline.poet.model import ModelConfig  # noqa: E402
+from tangshi_pipeline.poet.params import TrainingParams  # noqa: E402
+from tangshi_pipeline.poet.training import evaluate, fit, resolve_device, set_threads  # noqa: E402
+from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 
 
 def speed_runs(small: int, large: int) -> list[tuple[int, str, bool]]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import opencc
 import torch
 
-from tangshi_pipeline.model import Artifact, CharRNN, ModelConfig
-from tangshi_pipeline.prosody import EITHER, PING, ZE, Prosody, build_rhyme_table, read_pingshui
-from tangshi_pipeline.vocab import Vocab
+from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig
+from tangshi_pipeline.poet.prosody import EITHER, PING, ZE, Prosody, build_rhyme_table, read_pingshui
+from tangshi_pipeline.poet.vocab import Vocab
 
 _T2S = opencc.OpenCC("t2s")
 
@@ -40,7 +40,7 @@ def save_model(project_path: Path, seed: int = 0, fingerprint: str | None = None
     """Save a tiny untrained model for the project's vocabulary as a new version of `model`."""
     from kedro.io import Version
 
-    from tangshi_pipeline.datasets import ModelArtifact
+    from tangshi_pipeline.plumbing.datasets import ModelArtifact
 
     vocab = Vocab.from_json(json.loads((project_path / "data/05_model_input/vocab.json").read_text("utf-8")))
     artifact = Artifact(tiny_model(len(vocab), seed=seed),

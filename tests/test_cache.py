@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from kedro.framework.hooks import hook_impl
 
-from tangshi_pipeline.cache import FORCE_ENV, CachedSession
-from tangshi_pipeline.corpus import write_manifest
+from tangshi_pipeline.plumbing.cache import FORCE_ENV, CachedSession
+from tangshi_pipeline.plumbing.corpus import write_manifest
 from tests.conftest import shipped_params
 
 DP = [f"data_processing.{name}" for name in (
@@ -316,8 +316,8 @@ def test_models_command_lists_versions_with_metrics(project):
     from kedro.io import Version
 
     from tangshi_pipeline.cli import cli
-    from tangshi_pipeline.datasets import ModelArtifact
-    from tangshi_pipeline.model import Artifact, CharRNN, ModelConfig
+    from tangshi_pipeline.plumbing.datasets import ModelArtifact
+    from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig
 
     for version, ppl in [("2026-01-01T00.00.00.000Z", 300.5), ("2026-02-01T00.00.00.000Z", 120.25)]:
         ModelArtifact("data/06_models/poet", version=Version(None, version)).save(Artifact(
@@ -338,8 +338,8 @@ def test_models_command_lists_versions_with_metrics(project):
 def test_parameter_tracker_records_field_reads_and_whole_object_access():
     from kedro.pipeline import node
 
-    from tangshi_pipeline.cache import ALL, ParamTracker
-    from tangshi_pipeline.params import SCHEMAS, DataProcessingParams, parse
+    from tangshi_pipeline.plumbing.cache import ALL, ParamTracker
+    from tangshi_pipeline.poet.params import SCHEMAS, DataProcessingParams, parse
 
     tracker = ParamTracker(SCHEMAS)
     n = node(lambda p: p, "params:data_processing", "out", name="n")
@@ -359,7 +359,7 @@ def test_parameter_tracker_records_field_reads_and_whole_object_access():
 
 
 def test_code_fingerprint_follows_helpers_and_constants(tmp_path, monkeypatch):
-    from tangshi_pipeline.cache import CodeFingerprint
+    from tangshi_pipeline.plumbing.cache import CodeFingerprint
 
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-import tangshi_pipeline.cache as cache
-from tangshi_pipeline.cache import CachedRunner
+import tangshi_pipeline.plumbing.cache as cache
+from tangshi_pipeline.plumbing.cache import CachedRunner
 from tests.conftest import ROOT, lay_out_project
 from tests.test_cache import DP, report, run
 
@@ -31,7 +31,7 @@ KEDRO = str(Path(sys.executable).with_name("kedro"))
 LOCK_WAIT_ENV = "TANGSHI_LOCK_WAIT"  # seconds a run waits for another run's lock
 HOLD_LOCK = """
 import sys
-from tangshi_pipeline.cache import project_lock
+from tangshi_pipeline.plumbing.cache import project_lock
 with project_lock(sys.argv[1], "a test holding the lock", wait_s=0):
     print("locked", flush=True)
     sys.stdin.readline()  # until the test says so (or dies)
@@ -113,15 +113,15 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(project):
 
 
 def test_a_run_waits_for_the_lock_then_runs(project, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="tangshi_pipeline.cache")
+    caplog.set_level(logging.INFO, logger="tangshi_pipeline.plumbing.cache")
     monkeypatch.setenv(LOCK_WAIT_ENV, "60")
     holder = hold_lock(project.path)
     release = ReleaseWhenWaiting(holder)
-    logging.getLogger("tangshi_pipeline.cache").addHandler(release)
+    logging.getLogger("tangshi_pipeline.plumbing.cache").addHandler(release)
     try:
         assert run(project.path, "data_processing") == (DP, [])
     finally:
-        logging.getLogger("tangshi_pipeline.cache").removeHandler(release)
+        logging.getLogger("tangshi_pipeline.plumbing.cache").removeHandler(release)
         stop(holder)
     assert f"Waiting up to 60 s for pid {holder.pid}" in caplog.text
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tangshi_pipeline import corpus
-from tangshi_pipeline.corpus import (
+from tangshi_pipeline.plumbing import corpus
+from tangshi_pipeline.plumbing.corpus import (
     CorpusError,
     StaleCorpusError,
     check_complete,

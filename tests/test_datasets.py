@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from kedro.io import DatasetError
 
-from tangshi_pipeline import datasets
-from tangshi_pipeline.datasets import AtomicJSONDataset, ParquetTable
+from tangshi_pipeline.plumbing import datasets
+from tangshi_pipeline.plumbing.datasets import AtomicJSONDataset, ParquetTable
 
 
 def vectors_frame() -> pd.DataFrame:
@@ -55,8 +55,8 @@ def test_failed_save_leaves_the_previous_file_and_no_temporary(tmp_path, monkeyp
             raise OSError(28, "No space left on device")
         return original(target, half)
 
-    original = datasets.atomic_write
-    monkeypatch.setattr(datasets, "atomic_write", broken)
+    original = datasets.write_file
+    monkeypatch.setattr(datasets, "write_file", broken)
     with pytest.raises((OSError, DatasetError)):
         dataset.save(data)
     assert path.read_bytes() == before

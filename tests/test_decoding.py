@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tangshi_pipeline.decoding import Decoder, Settings, greedy_refeed
-from tangshi_pipeline.prosody import FORMS, check, clauses, format_ok
+from tangshi_pipeline.poet.decoding import Decoder, Settings, greedy_refeed
+from tangshi_pipeline.poet.prosody import FORMS, check, clauses, format_ok
 from tests.generate_helpers import pingshui_prosody, tiny_model
 
 BEGINS = list("日红山夜湖君月")
@@ -112,7 +112,7 @@ def test_a_poem_is_the_same_whatever_the_batch_size(setup, form):
 
 
 def test_uniform_draws_are_uniform_and_keyed_by_seed_poem_and_step():
-    from tangshi_pipeline.decoding import _mix32, _uniform
+    from tangshi_pipeline.poet.decoding import _mix32, _uniform
 
     poems = torch.arange(200_000)
     u = _uniform(42, poems, 3)[:, 0]
@@ -129,7 +129,7 @@ def test_uniform_draws_are_uniform_and_keyed_by_seed_poem_and_step():
 
 
 def test_sample_never_draws_a_zero_weight_token():
-    from tangshi_pipeline.decoding import _sample
+    from tangshi_pipeline.poet.decoding import _sample
 
     weights = torch.tensor([[0.0, 3.0, 0.0, 1.0, 0.0]]).repeat(3, 1)
     u = torch.tensor([[0.0], [0.7499], [1.0 - 2**-24]])
@@ -153,7 +153,7 @@ def test_max_length_caps_a_free_poem(setup):
 
 @pytest.mark.parametrize("width", [4, 3000])
 def test_top_p_keeps_the_smallest_set_reaching_p(width):
-    from tangshi_pipeline.decoding import _nucleus
+    from tangshi_pipeline.poet.decoding import _nucleus
 
     probs = torch.linspace(2.0, 1.0, width) ** 4  # strictly decreasing
     probs /= probs.sum()

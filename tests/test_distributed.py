@@ -19,11 +19,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from tangshi_pipeline.batching import Buckets
-from tangshi_pipeline.datasets import CheckpointStore
-from tangshi_pipeline.model import Artifact
-from tangshi_pipeline.training import NonFiniteLoss, fit
-from tangshi_pipeline.vocab import END_ID, START_ID
+from tangshi_pipeline.poet.batching import Buckets
+from tangshi_pipeline.poet.checkpoints import CheckpointStore
+from tangshi_pipeline.poet.model import Artifact
+from tangshi_pipeline.poet.training import NonFiniteLoss, fit
+from tangshi_pipeline.poet.vocab import END_ID, START_ID
 from tests.test_training import CPU, V, config, params
 
 WORLD = 2
@@ -176,7 +176,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(two_ranks):
 
 TEARDOWN = """
 import os, sys
-import tangshi_pipeline.training  # what every rank imports before it joins a group
+import tangshi_pipeline.poet.training  # what every rank imports before it joins a group
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
@@ -241,7 +241,7 @@ def test_torchrun_entry_point_runs_only_training_and_rank0_saves(project):
     params = ("training.embedding_dim=8,training.hidden_dim=16,training.epochs=1,training.batch_size=4,"
               "training.max_minutes=null,training.device=cpu,training.threads=1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "tangshi_pipeline.distributed", f"--params={params}"],
+                           "-m", "tangshi_pipeline.plumbing.torchrun", f"--params={params}"],
                           cwd=project.path, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     versions = list((project.path / "data/06_models/poet").iterdir())

@@ -6,8 +6,8 @@ import pytest
 import torch
 from kedro.io import DatasetError, Version
 
-from tangshi_pipeline.datasets import ModelArtifact
-from tangshi_pipeline.model import (
+from tangshi_pipeline.plumbing.datasets import ModelArtifact
+from tangshi_pipeline.poet.model import (
     Artifact,
     ArtifactError,
     CharRNN,
@@ -68,7 +68,7 @@ def test_missing_model_names_the_command(tmp_path):
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 3])
 def test_parameter_shapes_are_the_built_models_without_building_it(cell, layers):
-    from tangshi_pipeline.model import parameter_shapes
+    from tangshi_pipeline.poet.model import parameter_shapes
 
     config = ModelConfig(11, cell=cell, embedding_dim=5, hidden_dim=7, num_layers=layers)
     built = {name: tuple(t.shape) for name, t in CharRNN(config).state_dict().items()}

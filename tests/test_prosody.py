@@ -5,7 +5,7 @@ from __future__ import annotations
 import opencc
 import pytest
 
-from tangshi_pipeline.prosody import (
+from tangshi_pipeline.poet.prosody import (
     EITHER,
     FORMS,
     PING,

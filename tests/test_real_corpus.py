@@ -18,7 +18,7 @@ from tangshi_pipeline.pipelines.data_processing.nodes import (
     frame_poems,
     vectorize,
 )
-from tangshi_pipeline.prosody import EITHER, PING, ZE, Prosody, check
+from tangshi_pipeline.poet.prosody import EITHER, PING, ZE, Prosody, check
 from tests.conftest import shipped_params
 
 ROOT = Path(__file__).resolve().parents[1]

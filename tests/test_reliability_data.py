@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tangshi_pipeline.corpus import write_manifest
+from tangshi_pipeline.plumbing.corpus import write_manifest
 from tests.conftest import nest
 from tests.fixtures.poems import REAL
 
@@ -48,7 +48,7 @@ def hand_made(project) -> None:
     """Declare data/01_raw/tang a hand-made folder (no manifest check), as a user would in conf/local."""
     (project.path / "conf/local/catalog.yml").write_text(
         "raw_corpus:\n"
-        "  type: tangshi_pipeline.datasets.VerifiedPartitionedDataset\n"
+        "  type: tangshi_pipeline.plumbing.datasets.VerifiedPartitionedDataset\n"
         "  path: data/01_raw/tang\n"
         "  dataset: json.JSONDataset\n"
         "  filename_suffix: .json\n"

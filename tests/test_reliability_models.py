@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tangshi_pipeline import datasets
-from tangshi_pipeline.datasets import CheckpointError, CheckpointStore, ModelArtifact
-from tangshi_pipeline.model import Artifact, CharRNN, ModelConfig, save_artifact
+from tangshi_pipeline.plumbing import datasets
+from tangshi_pipeline.plumbing.datasets import ModelArtifact
+from tangshi_pipeline.poet.checkpoints import CheckpointError, CheckpointStore
+from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig, save_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("training.embedding_dim=8,training.hidden_dim=16,training.batch_size=2,training.device=cpu,"
@@ -106,7 +107,7 @@ def test_a_write_that_fails_part_way_never_becomes_the_latest_version(tmp_path, 
         (folder / "weights.safetensors").write_bytes(b"\0" * 100)
         raise OSError(28, "No space left on device")
 
-    import tangshi_pipeline.model as model_module
+    import tangshi_pipeline.poet.model as model_module
     monkeypatch.setattr(model_module, "save_artifact", disk_full)
     dataset = ModelArtifact(str(root), version=datasets.Version(None, None))
     with pytest.raises(Exception, match="No space left"):
@@ -251,7 +252,7 @@ def test_a_hostile_config_fails_fast_without_building_the_model(trained, monkeyp
     def spy(self, config):
         raise Built(f"CharRNN built for {config} before the config was checked")
 
-    import tangshi_pipeline.model as model_module
+    import tangshi_pipeline.poet.model as model_module
     monkeypatch.setattr(model_module.CharRNN, "__init__", spy)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(Exception, match=message) as raised:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tangshi_pipeline.params import ParameterError, validate_all
+from tangshi_pipeline.poet.params import ParameterError, validate_all
 from tests.conftest import shipped_params
 
 ROOT = Path(__file__).resolve().parents[1]

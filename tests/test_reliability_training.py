@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tangshi_pipeline.model import Artifact
+from tangshi_pipeline.poet.model import Artifact
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 TINY = ("training.embedding_dim=8,training.hidden_dim=16,training.batch_size=4,training.device=cpu,"
@@ -179,8 +179,8 @@ LONG = f"{TINY},training.epochs=100000,training.max_minutes=null,training.checkp
 def test_kill_9_of_torchrun_stops_its_ranks(project):
     project.run("data_processing")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "tangshi_pipeline.distributed", f"--params={LONG}"]
-    assert kill_launcher_and_watch_ranks(project, command, "tangshi_pipeline.distributed") == []
+               "-m", "tangshi_pipeline.plumbing.torchrun", f"--params={LONG}"]
+    assert kill_launcher_and_watch_ranks(project, command, "tangshi_pipeline.plumbing.torchrun") == []
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the ranks in /proc")

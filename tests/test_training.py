@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from tangshi_pipeline.batching import Buckets
-from tangshi_pipeline.datasets import CheckpointError, CheckpointStore
-from tangshi_pipeline.model import ModelConfig
-from tangshi_pipeline.params import ParameterError, TrainingParams
-from tangshi_pipeline.training import fit, resolve_device
-from tangshi_pipeline.vocab import END_ID, START_ID
+from tangshi_pipeline.poet.batching import Buckets
+from tangshi_pipeline.poet.checkpoints import CheckpointError, CheckpointStore
+from tangshi_pipeline.poet.model import ModelConfig
+from tangshi_pipeline.poet.params import ParameterError, TrainingParams
+from tangshi_pipeline.poet.training import fit, resolve_device
+from tangshi_pipeline.poet.vocab import END_ID, START_ID
 from tests.conftest import shipped_params
 
 V = 30
@@ -128,7 +128,7 @@ def test_unavailable_device_is_named():
 
 
 def test_checkpoint_dataset_loads_a_store_and_previews_the_newest(tmp_path, data):
-    from tangshi_pipeline.datasets import TrainingCheckpoints
+    from tangshi_pipeline.plumbing.datasets import TrainingCheckpoints
 
     dataset = TrainingCheckpoints(str(tmp_path / "ck"))
     assert "none yet" in dataset.preview()

@@ -65,7 +65,7 @@ def viz_project(tmp_path_factory):
     from kedro.framework.project import pipelines
     from kedro.framework.startup import bootstrap_project
 
-    from tangshi_pipeline.cache import CachedSession
+    from tangshi_pipeline.plumbing.cache import CachedSession
 
     root = tmp_path_factory.mktemp("viz") / "project"
     lay_out_project(root)

@@ -2,7 +2,7 @@
 
 ``kedro run`` is Kedro's own command (every option kept) plus ``--force``: run every node whatever
 the stage cache says, and refresh its records (the same as ``TANGSHI_FORCE_RUN=1``). Caching
-itself is in :mod:`tangshi_pipeline.cache` (``SESSION_CLASS``), so it also applies to runs
+itself is in :mod:`tangshi_pipeline.plumbing.cache` (``SESSION_CLASS``), so it also applies to runs
 started from Python. A run that fails (a bad parameter, a bad input file, an unknown node name)
 ends with its one-line message and exit code 1; the traceback only with ``--verbose``.
 
@@ -26,7 +26,7 @@ from kedro.framework.cli.utils import env_option
 from kedro.framework.project import settings
 from kedro.framework.startup import bootstrap_project
 
-from tangshi_pipeline.cache import FORCE_ENV
+from tangshi_pipeline.plumbing.cache import FORCE_ENV
 
 
 @click.group(name="tangshi-pipeline")
@@ -87,7 +87,7 @@ def model_versions(catalog, dataset_name: str = "model") -> list[dict[str, Any]]
 
 
 def _version_row(version: str, folder: Path) -> dict[str, Any]:
-    from tangshi_pipeline.model import SHA256, ArtifactError, read_artifact, read_config
+    from tangshi_pipeline.poet.model import SHA256, ArtifactError, read_artifact, read_config
 
     row = {"version": version, "path": str(folder), "metrics": {}, "vocab_fingerprint": None,
            "architecture": None, "verified": False, "error": None}

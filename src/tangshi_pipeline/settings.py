@@ -1,8 +1,8 @@
 """Project settings (see https://docs.kedro.org/en/stable/configure/configuration_basics/)."""
 
-from tangshi_pipeline.cache import CachedSession, CacheNotice
-from tangshi_pipeline.hooks import ShowPoems, ValidateParameters
-from tangshi_pipeline.run_status import RunStatusHook
+from tangshi_pipeline.plumbing.cache import CachedSession, CacheNotice
+from tangshi_pipeline.plumbing.hooks import ShowPoems, ValidateParameters
+from tangshi_pipeline.plumbing.run_status import RunStatusHook
 
 # Hooks run in last-in-first-out order.
 HOOKS = (ValidateParameters(), RunStatusHook(), CacheNotice(), ShowPoems())

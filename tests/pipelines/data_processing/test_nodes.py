@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tangshi_pipeline.params import ParameterError
+from tangshi_pipeline.poet.params import ParameterError
 from tangshi_pipeline.pipelines.data_processing.nodes import (
     CorpusFormatError,
     build_vocab,
@@ -17,7 +17,7 @@ from tangshi_pipeline.pipelines.data_processing.nodes import (
     frame_poems,
     vectorize,
 )
-from tangshi_pipeline.vocab import END_ID, PAD, START_ID, UNK, Vocab
+from tangshi_pipeline.poet.vocab import END_ID, PAD, START_ID, UNK, Vocab
 from tests.fixtures.poems import CLASSIC_POEMS_TXT, FILTERED, REAL, SPACED
 
 

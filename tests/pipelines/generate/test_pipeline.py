@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tangshi_pipeline.params import ParameterError
-from tangshi_pipeline.prosody import clauses, format_ok
+from tangshi_pipeline.poet.params import ParameterError
+from tangshi_pipeline.poet.prosody import clauses, format_ok
 from tests.generate_helpers import save_model
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tangshi_pipeline.model import Artifact
+from tangshi_pipeline.poet.model import Artifact
 
 TINY = {"embedding_dim": 8, "hidden_dim": 16, "num_layers": 2, "dropout": 0.1, "batch_size": 2,
         "epochs": 2, "max_minutes": None, "device": "cpu", "learning_rate": 0.01}

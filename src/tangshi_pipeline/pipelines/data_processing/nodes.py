@@ -18,9 +18,9 @@ import numpy as np
 import opencc
 import pandas as pd
 
-from tangshi_pipeline.params import DataProcessingParams, parse
-from tangshi_pipeline.prosody import build_rhyme_table, build_tone_lexicon, read_pingshui
-from tangshi_pipeline.vocab import Vocab
+from tangshi_pipeline.poet.params import DataProcessingParams, parse
+from tangshi_pipeline.poet.prosody import build_rhyme_table, build_tone_lexicon, read_pingshui
+from tangshi_pipeline.poet.vocab import Vocab
 
 _WHITESPACE = re.compile(r"\s+")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate: JSON's "\ud800" escape, not text
@@ -354,7 +354,7 @@ def clean_poems(poems: pd.DataFrame, ingest_report: dict, params: dict) -> tuple
 
 def build_prosody(clean_poems: pd.DataFrame, params: dict) -> tuple[dict, dict]:
     """The tone lexicon from the clean poems' aligned tone marks, and the level-tone rhyme groups
-    of the 平水韵 table converted with the corpus's OpenCC config (see ``tangshi_pipeline.prosody``)."""
+    of the 平水韵 table converted with the corpus's OpenCC config (see ``tangshi_pipeline.poet.prosody``)."""
     p = parse(DataProcessingParams, "data_processing", params)
     lexicon = build_tone_lexicon(clean_poems["text"].tolist(), clean_poems["tones"].tolist())
     table, source = read_pingshui()

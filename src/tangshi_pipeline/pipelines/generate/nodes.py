@@ -12,11 +12,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tangshi_pipeline.decoding import Decoder, Settings, is_hanzi
-from tangshi_pipeline.model import Artifact
-from tangshi_pipeline.params import GenerateParams, parse
-from tangshi_pipeline.prosody import FORM_NAMES, FORMS, Prosody, check, clauses, sentences
-from tangshi_pipeline.vocab import Vocab
+from tangshi_pipeline.poet.decoding import Decoder, Settings, is_hanzi
+from tangshi_pipeline.poet.model import Artifact
+from tangshi_pipeline.poet.params import GenerateParams, parse
+from tangshi_pipeline.poet.prosody import FORM_NAMES, FORMS, Prosody, check, clauses, sentences
+from tangshi_pipeline.poet.vocab import Vocab
 
 
 class GenerationError(ValueError):

@@ -9,12 +9,12 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from tangshi_pipeline.batching import Buckets, split_sequences
-from tangshi_pipeline.datasets import CheckpointStore
-from tangshi_pipeline.model import Artifact, ModelConfig
-from tangshi_pipeline.params import TrainingParams, parse
-from tangshi_pipeline.training import evaluate, fit, ranks, resolve_device, set_threads
-from tangshi_pipeline.vocab import Vocab
+from tangshi_pipeline.poet.batching import Buckets, split_sequences
+from tangshi_pipeline.poet.checkpoints import CheckpointStore
+from tangshi_pipeline.poet.model import Artifact, ModelConfig
+from tangshi_pipeline.poet.params import TrainingParams, parse
+from tangshi_pipeline.poet.training import evaluate, fit, ranks, resolve_device, set_threads
+from tangshi_pipeline.poet.vocab import Vocab
 
 
 
@@ -45,7 +45,7 @@ def train(vectors: pd.DataFrame, vocab: dict, params: dict, checkpoints: Checkpo
     val_seqs = split_sequences(vectors, "val")
     config = ModelConfig(len(vocab_), p.cell, p.embedding_dim, p.hidden_dim, p.num_layers, p.dropout)
     if p.world_size > 1 and ranks()[1] == 1:
-        from tangshi_pipeline.distributed import spawn_fit
+        from tangshi_pipeline.poet.distributed import spawn_fit
 
         threads = max(1, torch.get_num_threads() // p.world_size)  # the idle cores, shared
         result = spawn_fit(config, vocab_.fingerprint, train_seqs, val_seqs, p, checkpoints, threads,

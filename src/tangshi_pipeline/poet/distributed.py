@@ -7,17 +7,14 @@ starts the group:
 - :func:`spawn_fit`: ``training.world_size > 1`` makes the ``train`` node start that many ranks on
   this machine (one per GPU with ``nccl``; processes with ``gloo`` on the CPU); rank 0 hands the
   model back to the node and Kedro saves it once.
-- ``torchrun --nproc_per_node=N -m tangshi_pipeline.distributed [--params=...]``: every rank runs
-  only the ``train`` node, reading its inputs through the Kedro catalog; rank 0 saves ``model`` and
-  ``training_history`` through the catalog. torchrun's ``--nnodes`` and rendezvous options spread
-  the ranks over machines (README, "Distributed training").
+- torchrun (``tangshi_pipeline.plumbing.torchrun``): torchrun starts the ranks, one per GPU, on
+  one or several machines; each reads its inputs through the Kedro catalog.
 
 Either way a rank stops, as on Ctrl-C, when its launcher dies (:func:`stop_with_parent`).
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import logging
@@ -36,11 +33,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tangshi_pipeline.batching import Buckets
-from tangshi_pipeline.datasets import CheckpointStore
-from tangshi_pipeline.model import CharRNN, ModelConfig
-from tangshi_pipeline.params import ParameterError, TrainingParams
-from tangshi_pipeline.training import Position, Result, fit, resolve_device
+from tangshi_pipeline.poet.batching import Buckets
+from tangshi_pipeline.poet.checkpoints import CheckpointStore
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig
+from tangshi_pipeline.poet.params import ParameterError, TrainingParams
+from tangshi_pipeline.poet.training import Position, Result, fit, resolve_device
 
 log = logging.getLogger(__name__)
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a rank (validation runs on rank 0 alone)
@@ -156,76 +153,3 @@ def _spawned_rank(rank: int, world: int, job: tuple) -> None:
                  "resumed_from": result.resumed_from}), "utf-8")
     finally:
         dist.destroy_process_group()
-
-
-def _runtime_params(text: str | None) -> dict:
-    """``a.b=1,c=x`` (as ``kedro run --params``) → nested dict, values parsed as YAML scalars."""
-    import yaml
-
-    nested: dict = {}
-    for item in filter(None, (text or "").split(",")):
-        key, _, value = item.partition("=")
-        *parents, leaf = key.strip().split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return nested
-
-
-def main(argv: list[str] | None = None) -> None:
-    """torchrun entry point: every rank runs the ``train`` node only; rank 0 saves its outputs."""
-    parser = argparse.ArgumentParser(prog="torchrun ... -m tangshi_pipeline.distributed", description=main.__doc__)
-    parser.add_argument("--params", help="parameter overrides, as kedro run --params: training.epochs=3,...")
-    parser.add_argument("--env", help="Kedro configuration environment")
-    parser.add_argument("--project", default=".", help="Kedro project folder (default: the current one)")
-    args = parser.parse_args(argv)
-    if "RANK" not in os.environ:
-        raise SystemExit("start this with torchrun, e.g. torchrun --nproc_per_node=2 -m tangshi_pipeline.distributed")
-    stop_with_parent()
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s rank {rank}/{world} %(name)s: %(message)s")
-    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
-
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    from tangshi_pipeline.params import parse
-    from tangshi_pipeline.pipelines.training.nodes import train
-    from tangshi_pipeline.training import _idle_cores
-
-    project = Path(args.project).resolve()
-    bootstrap_project(project)
-    overrides = _runtime_params(args.params)
-    training = overrides.setdefault("training", {})
-    training["world_size"] = world  # recorded in the checkpoints and the model's metadata
-    with KedroSession.create(project_path=project, env=args.env, runtime_params=overrides) as session:
-        catalog = session.load_context().catalog
-        if rank:  # Kedro's logging configuration is loaded by now: one rank's progress is enough
-            for name in ("kedro", "tangshi_pipeline"):
-                logging.getLogger(name).setLevel(logging.WARNING)
-        p = parse(TrainingParams, "training", catalog.load("params:training"))
-        device = rank_device(p, local_rank)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        elif not p.threads:  # share the idle cores between this machine's ranks
-            idle = _idle_cores()
-            training["threads"] = max(1, int((idle if idle is not None else os.cpu_count() or 1) // local_world))
-        dist.init_process_group(backend(device), timeout=TIMEOUT)
-        try:
-            params = {**catalog.load("params:training"), **training}
-            model, history = train(catalog.load("vectors"), catalog.load("vocab"), params,
-                                   catalog.load("training_checkpoints"))
-            if rank == 0:
-                catalog.save("model", model)
-                catalog.save("training_history", history)
-                log.info("saved model and training_history; evaluate and plot with "
-                         "kedro run --pipelines=training --tags=evaluation")
-        finally:
-            dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,9 +5,8 @@
 MANIFEST.json (content hashes) on every load.
 ``ModelArtifact`` is the versioned model: safetensors weights plus a JSON config, never pickle.
 
-``TrainingCheckpoints`` gives the training node a :class:`CheckpointStore`: resumable training
-state (weights, optimizer state, RNG state, position in the run) as safetensors plus JSON, the
-JSON recording the safetensors file's sha256, checked on load.
+``TrainingCheckpoints`` gives the training node a :class:`~tangshi_pipeline.poet.checkpoints.CheckpointStore`
+on its folder: resumable training state (weights, optimizer state, RNG state, position in the run).
 
 ``ParquetTable`` saves a pandas DataFrame as parquet with an explicit Arrow schema (token ids are a
 real ``list<int32>`` column, not pickled objects) and publishes the file atomically: it is written
@@ -17,15 +16,8 @@ leaves a half-written table that looks valid.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -37,14 +29,14 @@ from kedro.io.core import VersionNotFoundError
 from kedro_datasets._typing import JSONPreview, TablePreview
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.partitions import PartitionedDataset
-from safetensors import SafetensorError
 
-from tangshi_pipeline.corpus import CorpusError, check_complete
+from tangshi_pipeline.atomic import publish_folder, write_file
+from tangshi_pipeline.plumbing.corpus import CorpusError, check_complete
+from tangshi_pipeline.poet.checkpoints import CheckpointStore
 
 if TYPE_CHECKING:  # torch (through the model module) is imported on first use, not with the catalog
-    import torch
 
-    from tangshi_pipeline.model import Artifact
+    from tangshi_pipeline.poet.model import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +50,6 @@ SCHEMAS: dict[str, pa.Schema] = {
     "vectors": pa.schema([("id", pa.string()), ("split", pa.string()), ("length", pa.int32()),
                           ("ids", pa.list_(pa.int32()))]),
 }
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ParquetTable(AbstractDataset[pd.DataFrame, pd.DataFrame]):
@@ -98,7 +77,7 @@ class ParquetTable(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             table = pa.Table.from_pandas(data[self.schema.names], schema=self.schema, preserve_index=False)
         except (KeyError, pa.ArrowException) as exc:
             raise DatasetError(f"{self._filepath}: data does not fit schema {self._schema_name!r}: {exc}") from exc
-        atomic_write(self._filepath, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        write_file(self._filepath, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
     def _exists(self) -> bool:
         return self._filepath.is_file()
@@ -120,7 +99,7 @@ class AtomicJSONDataset(JSONDataset):
             return super().save(data)
         path = Path(self._get_save_path())
         text = json.dumps(data, **self._save_args)
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._invalidate_cache()
 
 
@@ -161,7 +140,7 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
 
     Each version is written into a hidden temporary folder and renamed into place, so a version
     folder exists only once it is complete. Loading uses safetensors and JSON, never pickle, and
-    checks the files (see :func:`~tangshi_pipeline.model.read_artifact`). A broken version is an
+    checks the files (see :func:`~tangshi_pipeline.poet.model.read_artifact`). A broken version is an
     error that names it and the newest good version to pin: there is no silent fall-back to an
     older model.
     """
@@ -174,7 +153,7 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
         return {"filepath": self._filepath, "version": self._version}
 
     def load(self) -> Artifact:
-        from tangshi_pipeline.model import ArtifactError, load_artifact
+        from tangshi_pipeline.poet.model import ArtifactError, load_artifact
 
         try:
             version = self.resolve_load_version()
@@ -204,7 +183,7 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
 
     def newest_good_version(self, besides: str | None = None) -> str | None:
         """The newest version (other than ``besides``) whose files pass every load check."""
-        from tangshi_pipeline.model import ArtifactError, read_artifact
+        from tangshi_pipeline.poet.model import ArtifactError, read_artifact
 
         for version in self.versions():
             if version == besides:
@@ -217,17 +196,10 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
         return None
 
     def save(self, data: Artifact) -> None:
-        from tangshi_pipeline.model import save_artifact
+        from tangshi_pipeline.poet.model import save_artifact
 
-        path = Path(self._get_save_path())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        with publish_folder(Path(self._get_save_path())) as tmp:
             save_artifact(tmp, data)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def _exists(self) -> bool:
         try:
@@ -243,159 +215,6 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
         """The config (architecture, vocabulary fingerprint, training parameters, metrics)."""
         path = Path(self._get_load_path()) / "config.json"
         return JSONPreview(path.read_text(encoding="utf-8"))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read, written or trusted, or does not fit the run; the message names it
-    and what to do."""
-
-
-def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors that hold a NaN or an infinity."""
-    return [name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _last_touched(folder: Path) -> float:
-    """The newest modification time of ``folder`` and the files in it (now, if it is going away)."""
-    try:
-        return max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
-    except OSError:
-        return time.time()
-
-
-@dataclass
-class Checkpoint:
-    meta: dict[str, Any]  # JSON: position in the run, fingerprint, parameters, history
-    tensors: dict[str, torch.Tensor]  # weights, optimizer state, RNG state
-    path: Path
-
-
-class CheckpointStore:
-    """Training checkpoints in ``folder``: ``step-<global step>/{state.safetensors,state.json}``.
-
-    A checkpoint is written into a hidden temporary folder and renamed into place, so a
-    ``step-*`` folder is always complete; the newest ``keep`` are kept. ``state.json`` records the
-    sha256 of ``state.safetensors``, checked on load. A hidden folder left by a save that was
-    killed is deleted once nothing has touched it for ``STALE_S`` seconds.
-    """
-
-    STALE_S = 60.0
-    HASH_KEY = "state_sha256"
-
-    def __init__(self, folder: str | Path, keep: int = 2):
-        self.folder = Path(folder)
-        self.keep = keep
-
-    def __repr__(self) -> str:
-        return f"CheckpointStore({str(self.folder)!r})"
-
-    def paths(self) -> list[Path]:
-        """The complete checkpoint folders, oldest first."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.glob("step-*") if p.is_dir())
-
-    def latest(self) -> Checkpoint | None:
-        """The newest usable checkpoint, or None when there is none. One holding non-finite values
-        is skipped (logged) for the next older one; one that is unreadable or does not match its
-        recorded hash stops with a :class:`CheckpointError`."""
-        skipped = []
-        for path in reversed(self.paths()):
-            checkpoint = self._read(path)
-            bad = non_finite_tensors(checkpoint.tensors)
-            if not bad:
-                return checkpoint
-            log.warning("checkpoint %s holds non-finite values (%d tensors: %s): not resuming from it",
-                        path, len(bad), ", ".join(bad[:3]) + (", …" if len(bad) > 3 else ""))
-            skipped.append(path.name)
-        if skipped:
-            raise CheckpointError(
-                f"every checkpoint in {self.folder} ({', '.join(skipped)}) holds non-finite weights or optimizer "
-                f"state, so none can be resumed; set training.resume=false to start fresh (deletes them)."
-            )
-        return None
-
-    def _read(self, path: Path) -> Checkpoint:
-        from safetensors.torch import load_file
-
-        state = path / "state.safetensors"
-        try:
-            meta = json.loads((path / "state.json").read_text("utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError("state.json is not a JSON object")
-            recorded = meta.pop(self.HASH_KEY, None)
-            if recorded is not None and sha256_of(state) != recorded:
-                raise CheckpointError(
-                    f"checkpoint {path}: {state.name} does not match the sha256 recorded in state.json when it "
-                    f"was written (corrupted or changed since); delete that folder to resume from an older "
-                    f"checkpoint, or set training.resume=false to start fresh."
-                )
-            tensors = load_file(state)
-        except CheckpointError:
-            raise
-        except (OSError, ValueError, SafetensorError) as exc:
-            raise CheckpointError(
-                f"checkpoint {path} is unreadable ({exc}); delete that folder to resume from an "
-                f"older one, or set training.resume=false to start fresh."
-            ) from None
-        return Checkpoint(meta, tensors, path)
-
-    def save(self, step: int, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-        """Publish the checkpoint of global step ``step`` atomically, then drop all but the newest
-        ``keep`` (and any of a later step: those of a line of training abandoned for this one)."""
-        path = self.folder / f"step-{int(step):010d}"
-        try:
-            self._publish(path, meta, tensors)
-        except OSError as exc:
-            raise CheckpointError(self._write_problem(path, exc)) from None
-        done = self.paths()
-        for old in [p for p in done if p.name > path.name] + [p for p in done if p.name <= path.name][: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        self.sweep()
-        return path
-
-    def _publish(self, path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder))
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
-            meta = {**meta, self.HASH_KEY: sha256_of(tmp / "state.safetensors")}
-            (tmp / "state.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False), "utf-8")
-            if path.exists():  # the same step saved again (a finished run re-run): swap it out
-                os.replace(path, tmp.with_name(tmp.name + ".old"))
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(tmp.with_name(tmp.name + ".old"), ignore_errors=True)
-
-    def _write_problem(self, path: Path, exc: OSError) -> str:
-        done = self.paths()
-        fix = ("the disk is full: free space there" if exc.errno == errno.ENOSPC
-               else "make that folder writable (or point the training_checkpoints dataset elsewhere)")
-        return (f"cannot write checkpoint {path.name} into {self.folder} ({exc.strerror or exc}); nothing of it "
-                f"was kept. {fix[0].upper()}{fix[1:]}, then run again: training resumes from "
-                f"{done[-1].name if done else 'the start (there is no checkpoint yet)'}.")
-
-    def sweep(self) -> None:
-        """Delete the hidden temporary folders of saves that were killed (untouched for ``STALE_S``)."""
-        if not self.folder.is_dir():
-            return
-        for tmp in self.folder.glob(".step-*"):
-            if tmp.is_dir() and time.time() - _last_touched(tmp) > self.STALE_S:
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def clear(self) -> None:
-        """Delete every checkpoint (a fresh start)."""
-        for old in self.paths():
-            shutil.rmtree(old, ignore_errors=True)
 
 
 class TrainingCheckpoints(AbstractDataset[CheckpointStore, None]):

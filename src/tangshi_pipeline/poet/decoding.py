@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tangshi_pipeline.model import CharRNN
-from tangshi_pipeline.prosody import COMMA, EITHER, FORMS, PERIOD, PING, ZE, Prosody, templates
-from tangshi_pipeline.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
+from tangshi_pipeline.poet.model import CharRNN
+from tangshi_pipeline.poet.prosody import COMMA, EITHER, FORMS, PERIOD, PING, ZE, Prosody, templates
+from tangshi_pipeline.poet.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
 
 FREE_LINE = (3, 7)  # free-form acrostic: characters per line, at least / at most
 _REQ = {PING: 0, ZE: 1, "*": 3}  # template requirement codes (index into Decoder.fits)

@@ -12,8 +12,6 @@ datasets untouched by a cached run keep their figures. Files are written atomica
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+
+from tangshi_pipeline.atomic import write_json
 
 VIZ_DIR = ".viz"
 EVENTS_FILE = "kedro_pipeline_events.json"
@@ -35,18 +35,6 @@ def _ids():
     from kedro_viz.utils import _hash, _hash_input_output  # kedro-viz's own node ids
 
     return _hash, _hash_input_output
-
-
-def _write(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _file_size(dataset: Any) -> int | None:
@@ -156,13 +144,13 @@ class RunStatusHook:
     def _flush(self) -> None:
         viz = self._project / VIZ_DIR
         try:
-            _write(viz / EVENTS_FILE, self._events)
+            write_json(viz / EVENTS_FILE, self._events)
             try:
                 stats = json.loads((viz / STATS_FILE).read_text("utf-8"))
             except (OSError, ValueError):
                 stats = {}
             stats.update(self._stats)
-            _write(viz / STATS_FILE, stats)
+            write_json(viz / STATS_FILE, stats)
         except OSError:  # the run's result matters more than its report
             pass
 

@@ -32,10 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from tangshi_pipeline.batching import Buckets, head_nll, nll
-from tangshi_pipeline.datasets import CheckpointError, CheckpointStore, non_finite_tensors
-from tangshi_pipeline.model import CharRNN, ModelConfig
-from tangshi_pipeline.params import ParameterError, TrainingParams
+from tangshi_pipeline.poet.batching import Buckets, head_nll, nll
+from tangshi_pipeline.poet.checkpoints import CheckpointError, CheckpointStore, non_finite_tensors
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig
+from tangshi_pipeline.poet.params import ParameterError, TrainingParams
 
 if dist.is_available():
     # Imported here, before any process group exists, on purpose. Its functions take

@@ -793,7 +793,7 @@ class CachedRunner(SequentialRunner):
         self.force = force_requested() if force is None else force
         self.purpose = purpose  # what this run does, for the message a concurrent run gets
         if param_schemas is None:
-            from tangshi_pipeline.params import SCHEMAS as param_schemas
+            from tangshi_pipeline.poet.params import SCHEMAS as param_schemas
         self.param_schemas = dict(param_schemas)
         self.ran: list[str] = []
         self.skipped: list[str] = []
@@ -1144,5 +1144,5 @@ class CacheNotice:
         logger.warning(
             "Stage cache off for this run (%s): every node runs, up-to-date ones too. For the cache, "
             "use `kedro run` (default runner) or, from Python, settings.SESSION_CLASS.create(...) "
-            "(tangshi_pipeline.cache.CachedSession) instead of KedroSession.create(...)",
+            "(tangshi_pipeline.plumbing.cache.CachedSession) instead of KedroSession.create(...)",
             runner.__name__ if runner is not None else "KedroSession's SequentialRunner")

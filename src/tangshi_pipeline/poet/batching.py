@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tangshi_pipeline.vocab import PAD_ID
+from tangshi_pipeline.poet.vocab import PAD_ID
 
 
 @dataclass
