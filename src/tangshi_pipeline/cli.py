@@ -9,7 +9,7 @@ ends with its one-line message and exit code 1; the traceback only with ``--verb
 ``kedro models`` lists the saved versions of the ``model`` dataset, newest first, with the metrics
 stored in each version's ``config.json`` and a status: ok, ok but unverified (saved before weight
 hashes were recorded), or broken and why (every load check is run); pin one for generation with
-``kedro run --pipeline=generate --load-versions=model:<version>``.
+``kedro run --pipelines=generate --load-versions=model:<version>``.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def models(env: str | None, dataset: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=1, ensure_ascii=False))
         return
     if not rows:
-        click.echo(f"no saved versions of {dataset!r} yet: run `kedro run --pipeline=training`.")
+        click.echo(f"no saved versions of {dataset!r} yet: run `kedro run --pipelines=training`.")
         return
     flat = [_flat(r["metrics"]) for r in rows]
     columns = sorted({k for f in flat for k in f})
@@ -159,4 +159,4 @@ def models(env: str | None, dataset: str, as_json: bool) -> None:
         good = next((r["version"] for r in rows if not r["error"]), None)
         click.echo(f"The newest version {rows[0]['version']} is broken: generation stops until you retrain"
                    + (f" or pin {good}." if good else "."))
-    click.echo("Pin one for generation: kedro run --pipeline=generate --load-versions=model:<version>")
+    click.echo("Pin one for generation: kedro run --pipelines=generate --load-versions=model:<version>")

@@ -159,7 +159,7 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
             version = self.resolve_load_version()
         except VersionNotFoundError:
             raise DatasetError(
-                f"no trained model in {self._filepath}: run `kedro run --pipeline=training` "
+                f"no trained model in {self._filepath}: run `kedro run --pipelines=training` "
                 f"(or `kedro run`) first."
             ) from None
         path = Path(self._get_versioned_path(version))
@@ -177,9 +177,9 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
         """What to do about a broken version: never fall back silently, name the version to pin."""
         good = self.newest_good_version(besides=broken)
         if good is None:
-            return "No other version is usable: retrain with `kedro run --pipeline=training`."
-        return (f"Retrain with `kedro run --pipeline=training`, or use the newest good version: "
-                f"`kedro run --pipeline=generate --load-versions=model:{good}`.")
+            return "No other version is usable: retrain with `kedro run --pipelines=training`."
+        return (f"Retrain with `kedro run --pipelines=training`, or use the newest good version: "
+                f"`kedro run --pipelines=generate --load-versions=model:{good}`.")
 
     def newest_good_version(self, besides: str | None = None) -> str | None:
         """The newest version (other than ``besides``) whose files pass every load check."""
