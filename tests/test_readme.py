@@ -30,6 +30,8 @@ def _documented(section: str, root: Path = ROOT) -> dict[str, str]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if not line.startswith("|") or len(cells) < 3 or not cells[0].startswith(f"`{section}."):
             continue
+        if "→" in cells[1]:  # a node table's row (`data_processing.clean` | inputs → outputs | …)
+            continue
         keys = [k.strip().strip("`").removeprefix(f"{section}.") for k in cells[0].split(" / ")]
         defaults = cells[1].split(" / ") if len(keys) > 1 else [cells[1]]
         rows.update(zip(keys, defaults))
