@@ -165,7 +165,7 @@ def test_requests_that_arrive_together_are_decoded_together_and_keep_their_poems
                     answers = [await c.post("/api/poems", json=b) for b in bodies]
                 health = (await c.get("/api/health")).json()
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
-        return [[p["text"] for p in a.json()["poems"]] for a in answers], health
+        return [[(p["text"], p["score"], p["rank"]) for p in a.json()["poems"]] for a in answers], health
 
     alone, health_alone = asyncio.run(run(0.0, False))
     merged, health = asyncio.run(run(0.3, True))
@@ -254,10 +254,13 @@ def test_every_bad_field_is_a_422_that_names_it(client, body, field, message):
     (b"[1, 2]", "must be a JSON object"),
     (b'"qijue"', "must be a JSON object"),
     (b"\xff\xfe", "not valid JSON"),
+    (b"[" * 16000 + b"]" * 300, "not valid JSON"),  # nested deeper than Python's recursion limit
+    (b'{"temperature": NaN}', "temperature: Input should be"),
+    (b'{"top_p": Infinity}', "top_p: Input should be"),
 ])
 def test_a_body_that_is_not_a_json_object_is_a_422(client, content, message):
     response = client.post("/api/poems", content=content, headers={"content-type": "application/json"})
-    assert response.status_code == 422 and message in response.json()["detail"][0]["msg"]
+    assert response.status_code == 422 and message in response.json()["detail"][0]["msg"], response.text
     assert "Traceback" not in response.text
 
 

@@ -140,7 +140,7 @@ async def _read_json(request: Request, limit: int) -> Any:
         return {}
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise RequestError([{"loc": ["body"], "field": "body", "type": "json_invalid",
                              "msg": f"the body is not valid JSON ({exc})"}]) from None
 

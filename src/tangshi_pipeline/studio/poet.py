@@ -16,6 +16,7 @@ mean log-probability per character, by which the candidates are ranked.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -89,7 +90,11 @@ def line_sources(vectors: pd.DataFrame, clean_poems: pd.DataFrame, vocab: Vocab)
 def _problem(field: str, msg: str, kind: str, value: Any = None) -> dict[str, Any]:
     problem = {"loc": ["body", field], "field": field, "msg": msg, "type": kind}
     if value is not None:
-        problem["input"] = value
+        try:  # echoed back as JSON: NaN or infinity (which Python's json reads) as text
+            json.dumps(value, allow_nan=False)
+            problem["input"] = value
+        except (TypeError, ValueError):
+            problem["input"] = repr(value)
     return problem
 
 
