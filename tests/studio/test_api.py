@@ -367,15 +367,20 @@ def test_the_page_works_offline_and_every_control_has_a_label(client):
 
 
 def test_a_wheel_ships_the_page(tmp_path):
-    """`pip wheel` (what `kedro package` builds on) includes the static files as package data."""
+    """A wheel built from a clean copy of the sources (no stale build/ folder) has the static files."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
     from tests.conftest import ROOT
 
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=120)
-    (wheel,) = tmp_path.glob("tangshi_pipeline-*.whl")
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=120)
+    (wheel,) = (tmp_path / "dist").glob("tangshi_pipeline-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"tangshi_pipeline/studio/static/{n}" for n in ("index.html", "studio.css", "studio.js", "docs.html")} <= names
