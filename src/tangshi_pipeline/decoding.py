@@ -224,24 +224,34 @@ class Decoder:
             out.scores = self.mean_logprobs(out.texts)
         return out
 
-    def mean_logprobs(self, texts: list[str], chunk: int = 256) -> list[float]:
+    def mean_logprobs(self, texts: list[str], chunk: int = 4096) -> list[float]:
         """Each text's mean log-probability (nats) per character under the model, from the start
-        token: every character and punctuation mark counts, forced ones too; the end token does not."""
-        out: list[float] = []
+        token: every character and punctuation mark counts, forced ones too; the end token does not.
+        The texts are fed one token per step, as the decoder writes them (:meth:`_advance`)."""
+        if not texts:
+            return []
+        width = max(map(len, texts))
+        ids = torch.full((len(texts), width + 1), PAD_ID, dtype=torch.long)
+        ids[:, 0] = START_ID
+        for row, text in enumerate(texts):
+            ids[row, 1:len(text) + 1] = torch.tensor([self.index[c] for c in text], dtype=torch.long)
+        ids = ids.to(self.device)
+        head_bias = self.model.head.bias.detach()
         with torch.inference_mode():
-            for start in range(0, len(texts), chunk):
-                part = texts[start:start + chunk]
-                ids = torch.full((len(part), max(map(len, part)) + 1), PAD_ID, dtype=torch.long)
-                ids[:, 0] = START_ID
-                for row, text in enumerate(part):
-                    ids[row, 1:len(text) + 1] = torch.tensor([self.index[c] for c in text], dtype=torch.long)
-                ids = ids.to(self.device)
-                logits, _ = self.model(ids[:, :-1])
-                targets = ids[:, 1:]
-                logp = logits.gather(2, targets[..., None])[..., 0] - logits.logsumexp(-1)
-                keep = targets != PAD_ID
-                out += ((logp * keep).sum(1) / keep.sum(1).clamp(min=1)).tolist()
-        return out
+            hidden, state = [], None
+            for t in range(width):
+                h, state = self._advance(ids[:, t], state)
+                hidden.append(h)
+            hidden = torch.stack(hidden, 1).flatten(0, 1)      # (B·T, H), row b·T + t
+            targets = ids[:, 1:].flatten()
+            logp = torch.empty(len(targets), device=self.device)
+            for start in range(0, len(targets), chunk):
+                rows = slice(start, start + chunk)
+                logits = torch.addmm(head_bias, hidden[rows], self.weight_t)
+                logp[rows] = logits.gather(1, targets[rows, None])[:, 0] - logits.logsumexp(-1)
+            keep = (targets != PAD_ID).view(len(texts), width)
+            logp = logp.view(len(texts), width).masked_fill(~keep, 0.0)
+            return (logp.sum(1) / keep.sum(1).clamp(min=1)).tolist()
 
     # ------------------------------------------------------------------------------ helpers
 

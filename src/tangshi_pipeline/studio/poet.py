@@ -182,16 +182,15 @@ class Poet:
             keys += [(r.params.seed, i) for i in range(len(r.begins))]
         padding = -len(begins) % ROWS
         poems = self.decoder.generate(begins + begins[:1] * padding, acrostics + acrostics[:1] * padding, group,
-                                      batch_size=len(begins) + padding, keys=keys + keys[:1] * padding)
+                                      batch_size=len(begins) + padding, keys=keys + keys[:1] * padding, score=True)
         out, start = [], 0
         for r in requests:
             part = slice(start, start + len(r.begins))
             start = part.stop
-            texts = poems.texts[part]
-            scores = self.decoder.mean_logprobs(texts)  # per request: the same numbers as alone
             written = [self.annotate(i, text, r.params.form, score, template, fallbacks)
                        for i, (text, score, template, fallbacks)
-                       in enumerate(zip(texts, scores, poems.templates[part], poems.fallbacks[part]))]
+                       in enumerate(zip(poems.texts[part], poems.scores[part], poems.templates[part],
+                                        poems.fallbacks[part]))]
             written.sort(key=lambda p: -p["score"])
             for rank, poem in enumerate(written, 1):
                 poem["rank"] = rank
