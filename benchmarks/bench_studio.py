@@ -91,7 +91,13 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def load(port: int, clients: int, seconds: float, max_requests: int, first_seed: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the server process has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(port: int, pid: int, clients: int, seconds: float, max_requests: int, first_seed: int) -> dict:
     """``clients`` threads, each sending requests back to back until ``seconds`` pass."""
     counter = iter(range(first_seed, first_seed + max_requests))
     lock = threading.Lock()
@@ -113,7 +119,7 @@ def load(port: int, clients: int, seconds: float, max_requests: int, first_seed:
                 else:
                     failures[0] += 1
 
-    before = get(port, "/api/health")
+    before, cpu = get(port, "/api/health"), cpu_seconds(pid)
     start = time.perf_counter()
     threads = [threading.Thread(target=work) for _ in range(clients)]
     for t in threads:
@@ -121,6 +127,7 @@ def load(port: int, clients: int, seconds: float, max_requests: int, first_seed:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu
     after = get(port, "/api/health")
     batches = after["batches"] - before["batches"]
     answered = after["requests"] - before["requests"]
@@ -129,7 +136,8 @@ def load(port: int, clients: int, seconds: float, max_requests: int, first_seed:
             "requests_per_s": round(len(latencies) / elapsed, 2),
             "poems_per_s": round(len(latencies) * BODY["num_samples"] / elapsed, 1),
             "p50_ms": round(1000 * percentile(latencies, 50), 1), "p95_ms": round(1000 * percentile(latencies, 95), 1),
-            "server_batches": batches, "requests_per_batch": round(answered / max(batches, 1), 2)}
+            "server_batches": batches, "requests_per_batch": round(answered / max(batches, 1), 2),
+            "server_cpu_ms_per_request": round(1000 * cpu / max(len(latencies), 1), 1)}
 
 
 def main() -> None:
@@ -152,11 +160,13 @@ def main() -> None:
         single = {"requests": len(walls), "errors": len(walls) - len(latency),
                   "p50_ms": round(1000 * percentile(latency, 50), 1), "p95_ms": round(1000 * percentile(latency, 95), 1)}
         print(f"one request, 8 七绝 strict+rhyme sampled: p50 {single['p50_ms']} ms, p95 {single['p95_ms']} ms", flush=True)
-        serial = load(port, 1, args.seconds, args.max_requests, 100_000)
-        print(f"serial:     {serial['requests_per_s']} req/s, p95 {serial['p95_ms']} ms", flush=True)
-        concurrent = load(port, args.clients, args.seconds, args.max_requests, 200_000)
+        serial = load(port, server.pid, 1, args.seconds, args.max_requests, 100_000)
+        print(f"serial:     {serial['requests_per_s']} req/s, p95 {serial['p95_ms']} ms, "
+              f"{serial['server_cpu_ms_per_request']} ms CPU per request", flush=True)
+        concurrent = load(port, server.pid, args.clients, args.seconds, args.max_requests, 200_000)
         print(f"{args.clients} clients: {concurrent['requests_per_s']} req/s, p95 {concurrent['p95_ms']} ms, "
-              f"{concurrent['requests_per_batch']} requests per batch", flush=True)
+              f"{concurrent['requests_per_batch']} requests per batch, "
+              f"{concurrent['server_cpu_ms_per_request']} ms CPU per request", flush=True)
         model = get(port, "/api/health")["model"]
     finally:
         server.terminate()
@@ -175,6 +185,10 @@ def main() -> None:
          f"({concurrent['poems_per_s']} poems/s), p50 {concurrent['p50_ms']} ms, p95 {concurrent['p95_ms']} ms, "
          f"{concurrent['requests_per_batch']} requests per decoder batch"),
         ("throughput, concurrent ÷ serial", f"{ratio:.2f}× (target ≥ 5×)"),
+        ("server CPU time per request, serial vs concurrent",
+         f"{serial['server_cpu_ms_per_request']} vs {concurrent['server_cpu_ms_per_request']} ms "
+         f"({serial['server_cpu_ms_per_request'] / max(concurrent['server_cpu_ms_per_request'], 1e-9):.2f}× less "
+         "when batched: the gain a machine with idle cores would see)"),
         ("errors / dropped", f"{serial['errors'] + concurrent['errors']} / {serial['dropped'] + concurrent['dropped']}"),
         ("model", model),
         ("load average at the end (1, 5, 15 min)", ", ".join(f"{x:.2f}" for x in loadavg)),
