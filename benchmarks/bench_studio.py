@@ -42,7 +42,8 @@ def free_port() -> int:
 
 
 def start_server(port: int, threads: int, log: Path) -> subprocess.Popen:
-    cmd = [KEDRO, "serve", "--host", "127.0.0.1", "--port", str(port)] + (["--threads", str(threads)] if threads else [])
+    cmd = [KEDRO, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--threads", str(threads)] if threads else []
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"})
     deadline = time.monotonic() + 120
@@ -158,8 +159,10 @@ def main() -> None:
         walls = [client.poems(1000 + i) for i in range(args.latency_requests)]
         latency = [w for w, ok in walls if ok]
         single = {"requests": len(walls), "errors": len(walls) - len(latency),
-                  "p50_ms": round(1000 * percentile(latency, 50), 1), "p95_ms": round(1000 * percentile(latency, 95), 1)}
-        print(f"one request, 8 七绝 strict+rhyme sampled: p50 {single['p50_ms']} ms, p95 {single['p95_ms']} ms", flush=True)
+                  "p50_ms": round(1000 * percentile(latency, 50), 1),
+                  "p95_ms": round(1000 * percentile(latency, 95), 1)}
+        print(f"one request, 8 七绝 strict+rhyme sampled: p50 {single['p50_ms']} ms, p95 {single['p95_ms']} ms",
+              flush=True)
         serial = load(port, server.pid, 1, args.seconds, args.max_requests, 100_000)
         print(f"serial:     {serial['requests_per_s']} req/s, p95 {serial['p95_ms']} ms, "
               f"{serial['server_cpu_ms_per_request']} ms CPU per request", flush=True)
@@ -189,7 +192,8 @@ def main() -> None:
          f"{serial['server_cpu_ms_per_request']} vs {concurrent['server_cpu_ms_per_request']} ms "
          f"({serial['server_cpu_ms_per_request'] / max(concurrent['server_cpu_ms_per_request'], 1e-9):.2f}× less "
          "when batched: the gain a machine with idle cores would see)"),
-        ("errors / dropped", f"{serial['errors'] + concurrent['errors']} / {serial['dropped'] + concurrent['dropped']}"),
+        ("errors / dropped",
+         f"{serial['errors'] + concurrent['errors']} / {serial['dropped'] + concurrent['dropped']}"),
         ("model", model),
         ("load average at the end (1, 5, 15 min)", ", ".join(f"{x:.2f}" for x in loadavg)),
     ]

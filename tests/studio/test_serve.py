@@ -46,7 +46,8 @@ def server(studio_project):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"kedro serve did not start:\n{(studio_project / 'serve.log').read_text()[-3000:]}")
+                    tail = (studio_project / "serve.log").read_text()[-3000:]
+                    raise RuntimeError(f"kedro serve did not start:\n{tail}")
                 time.sleep(0.3)
         yield url
     finally:
