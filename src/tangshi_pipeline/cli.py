@@ -142,6 +142,7 @@ def serve(env: str | None, host: str, port: int, model_version: str | None, wind
     from tangshi_pipeline.studio.load import StudioError, load_poet
 
     log = logging.getLogger("tangshi_pipeline.studio")
+    _check_port(host, port)  # before the model is loaded: a busy port fails at once
     if threads:
         torch.set_num_threads(threads)
     try:
@@ -155,3 +156,20 @@ def serve(env: str | None, host: str, port: int, model_version: str | None, wind
              len(poet.sources), url)
     uvicorn.run(create_app(poet, models, window=window_ms / 1000), host=host, port=port, log_config=None,
                 log_level="info", access_log=False)
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise click.ClickException(f"--host {host}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror}): "
+                                       f"choose another port with --port") from None

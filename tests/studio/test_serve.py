@@ -84,6 +84,18 @@ def test_serve_with_an_unknown_model_version_lists_the_versions(studio_project):
     assert model_versions(studio_project)[0] in out.stderr and "kedro models" in out.stderr
 
 
+def test_serve_on_a_busy_port_says_so_before_loading_anything(studio_project):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = _serve(studio_project, "--port", str(port))
+    assert out.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in out.stderr and "--port" in out.stderr
+    assert "Loading data from model" not in out.stdout + out.stderr
+
+
 @pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (`apt-get install chromium "
                     "fonts-wqy-zenhei`; .ci/run does it)")
 def test_the_page_in_a_real_browser(server, tmp_path):
