@@ -42,11 +42,12 @@ class Browser:
             "--disable-component-update", "--no-first-run", "--no-default-browser-check", "--disable-dev-shm-usage",
             f"--user-data-dir={self._profile.name}", f"--remote-debugging-port={port}", "--remote-allow-origins=*",
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--window-size={width},{height}",
-            "--force-device-scale-factor=1", url,
+            "--force-device-scale-factor=1", "about:blank",
         ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self._ids = iter(range(1, 10**9))
         self._stack = contextlib.ExitStack()
         self._ws = self._stack.enter_context(connect(self._page(port), max_size=64 * 2**20, open_timeout=30))
+        self.navigate(url)
 
     def _page(self, port: int, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
@@ -93,9 +94,10 @@ class Browser:
         self.call("Input.dispatchKeyEvent", type="keyUp", **key)
 
     def navigate(self, url: str) -> None:
+        """Open ``url`` and wait until its document (not the previous one: it is marked) has loaded."""
+        self.evaluate("window.__previousDocument = true")
         self.call("Page.navigate", url=url)
-        time.sleep(0.3)
-        self.wait_for("document.readyState === 'complete'")
+        self.wait_for("!window.__previousDocument && document.readyState === 'complete'")
 
     def resize(self, width: int, height: int) -> None:
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=True)
@@ -128,7 +130,6 @@ class Browser:
 
 def write_with_acrostic(browser: Browser, acrostic: str) -> None:
     """As a person would: focus the acrostic field, type, press Enter; wait for the poems."""
-    browser.wait_for("document.readyState === 'complete' && !!document.getElementById('acrostic')")
     browser.evaluate("document.getElementById('acrostic').focus()")
     browser.type(acrostic)
     browser.press_enter()

@@ -136,10 +136,13 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         # the permalink: a fresh page on the URL writes exactly the same poems
         permalink = b.evaluate("location.href")
         assert "script=t" in permalink
-        b.navigate(server)
-        b.navigate(permalink)
+        b.navigate(permalink)  # a new document (Browser.navigate waits for it), which writes the poems itself
         b.wait_for("document.querySelectorAll('#poems .poem').length > 0")
         assert b.evaluate("document.getElementById('poems').innerText") == traditional
+
+        # free verse: the rules that need a form are greyed out
+        b.evaluate("document.querySelector('input[name=form][value=free]').click()")
+        assert b.evaluate("['tones', 'rhyme', 'no_copy'].every(id => document.getElementById(id).disabled)")
 
         # keyboard: no positive tabindex (DOM order is the focus order); every control is reachable
         assert b.evaluate("Array.from(document.querySelectorAll('[tabindex]')).every(e => e.tabIndex <= 0)")

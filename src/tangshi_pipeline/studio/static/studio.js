@@ -56,6 +56,7 @@ function fill(settings) {
   if ("acrostic" in settings) f.acrostic.value = settings.acrostic || "";
   if (settings.begin_words) f.begin_words.value = [].concat(settings.begin_words).join("").slice(0, 1);
   for (const name of NUMBERS) if (name in settings && settings[name] !== null) f[name].value = settings[name];
+  rulesFollowForm();
 }
 
 // The permalink: every setting the server used, plus the script.
@@ -223,8 +224,15 @@ async function showModel() {
   }
 }
 
+// Tones, rhyme and no_copy need a regular form: off (and greyed) for free verse.
+function rulesFollowForm() {
+  const free = $("settings").elements.form.value === "free";
+  for (const id of ["tones", "rhyme", "no_copy"]) $(id).disabled = free;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("settings").addEventListener("submit", write);
+  for (const radio of document.querySelectorAll('input[name="form"]')) radio.addEventListener("change", rulesFollowForm);
   $("reseed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
   for (const radio of document.querySelectorAll('input[name="script"]')) {
     radio.addEventListener("change", () => {
