@@ -5,6 +5,8 @@
 2. Throughput: 32 concurrent clients, each sending that request again and again for 30 s, against
    the same requests sent one at a time for 30 s: requests/s, p50 / p95, errors (target ≥ 5× the
    serial throughput, no error, no dropped request).
+3. The same with requests for 1 candidate (``--one-poem-seconds``; 0 skips it): how much merging
+   gains depends on how many poems a request already decodes together.
 
 Only 127.0.0.1, bounded in time (``--seconds``) and count (``--max-requests`` per phase). The model
 is the latest version in data/06_models/poet (train one first: `kedro run`).
@@ -74,14 +76,14 @@ class Client:
     def __init__(self, port: int):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
-    def poems(self, seed: int) -> tuple[float, bool]:
-        body = json.dumps({**BODY, "seed": seed})
+    def poems(self, seed: int, num_samples: int = BODY["num_samples"]) -> tuple[float, bool]:
+        body = json.dumps({**BODY, "seed": seed, "num_samples": num_samples})
         start = time.perf_counter()
         try:
             self.conn.request("POST", "/api/poems", body=body, headers={"Content-Type": "application/json"})
             response = self.conn.getresponse()
             data = response.read()
-            ok = response.status == 200 and len(json.loads(data)["poems"]) == BODY["num_samples"]
+            ok = response.status == 200 and len(json.loads(data)["poems"]) == num_samples
         except (OSError, http.client.HTTPException, ValueError):
             self.conn.close()
             ok = False
@@ -98,7 +100,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load(port: int, pid: int, clients: int, seconds: float, max_requests: int, first_seed: int) -> dict:
+def load(port: int, pid: int, clients: int, seconds: float, max_requests: int, first_seed: int,
+         num_samples: int = BODY["num_samples"]) -> dict:
     """``clients`` threads, each sending requests back to back until ``seconds`` pass."""
     counter = iter(range(first_seed, first_seed + max_requests))
     lock = threading.Lock()
@@ -113,7 +116,7 @@ def load(port: int, pid: int, clients: int, seconds: float, max_requests: int, f
                 if seed is None:
                     return
                 sent[0] += 1
-            wall, ok = client.poems(seed)
+            wall, ok = client.poems(seed, num_samples)
             with lock:
                 if ok:
                     latencies.append(wall)
@@ -135,7 +138,7 @@ def load(port: int, pid: int, clients: int, seconds: float, max_requests: int, f
     return {"clients": clients, "seconds": round(elapsed, 2), "sent": sent[0], "completed": len(latencies),
             "errors": failures[0], "dropped": sent[0] - len(latencies) - failures[0],
             "requests_per_s": round(len(latencies) / elapsed, 2),
-            "poems_per_s": round(len(latencies) * BODY["num_samples"] / elapsed, 1),
+            "poems_per_s": round(len(latencies) * num_samples / elapsed, 1),
             "p50_ms": round(1000 * percentile(latencies, 50), 1), "p95_ms": round(1000 * percentile(latencies, 95), 1),
             "server_batches": batches, "requests_per_batch": round(answered / max(batches, 1), 2),
             "server_cpu_ms_per_request": round(1000 * cpu / max(len(latencies), 1), 1)}
@@ -146,6 +149,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--latency-requests", type=int, default=60)
+    ap.add_argument("--one-poem-seconds", type=float, default=15.0, help="phase 3, each way; 0 = skip")
     ap.add_argument("--max-requests", type=int, default=20_000, help="per phase, a bound on top of --seconds")
     ap.add_argument("--threads", type=int, default=0, help="the server's torch threads (0 = torch's default)")
     args = ap.parse_args()
@@ -170,15 +174,26 @@ def main() -> None:
         print(f"{args.clients} clients: {concurrent['requests_per_s']} req/s, p95 {concurrent['p95_ms']} ms, "
               f"{concurrent['requests_per_batch']} requests per batch, "
               f"{concurrent['server_cpu_ms_per_request']} ms CPU per request", flush=True)
+        one = {}
+        if args.one_poem_seconds:
+            one["serial"] = load(port, server.pid, 1, args.one_poem_seconds, args.max_requests, 300_000, 1)
+            one["concurrent"] = load(port, server.pid, args.clients, args.one_poem_seconds, args.max_requests,
+                                     400_000, 1)
+            one["throughput_ratio"] = round(one["concurrent"]["requests_per_s"] / one["serial"]["requests_per_s"], 2)
+            print(f"1 candidate per request: {one['serial']['requests_per_s']} req/s one at a time, "
+                  f"{one['concurrent']['requests_per_s']} with {args.clients} clients "
+                  f"({one['throughput_ratio']}×)", flush=True)
         model = get(port, "/api/health")["model"]
     finally:
         server.terminate()
         server.wait(timeout=30)
     ratio = concurrent["requests_per_s"] / serial["requests_per_s"]
+    phases = [serial, concurrent] + ([one["serial"], one["concurrent"]] if one else [])
     loadavg = os.getloadavg()
     results = {"request": BODY, "model": model, "server_threads": args.threads or "torch default",
                "load_average_at_end": [round(x, 2) for x in loadavg], "one_request": single,
-               "serial": serial, "concurrent": concurrent, "throughput_ratio": round(ratio, 2)}
+               "serial": serial, "concurrent": concurrent, "throughput_ratio": round(ratio, 2),
+               "one_candidate": one}
     table = [
         ("one request: 8 七绝, strict + rhyme, sampled", f"p50 {single['p50_ms']} ms, p95 {single['p95_ms']} ms "
                                                          f"({single['requests']} requests; target p50 ≤ 150 ms)"),
@@ -192,8 +207,13 @@ def main() -> None:
          f"{serial['server_cpu_ms_per_request']} vs {concurrent['server_cpu_ms_per_request']} ms "
          f"({serial['server_cpu_ms_per_request'] / max(concurrent['server_cpu_ms_per_request'], 1e-9):.2f}× less "
          "when batched: the gain a machine with idle cores would see)"),
+        *([("1 candidate per request: serial vs "
+             f"{args.clients} clients, {args.one_poem_seconds:g} s each",
+             f"{one['serial']['requests_per_s']} vs {one['concurrent']['requests_per_s']} req/s "
+             f"({one['throughput_ratio']}×), p95 {one['serial']['p95_ms']} vs {one['concurrent']['p95_ms']} ms, "
+             f"{one['concurrent']['requests_per_batch']} requests per batch")] if one else []),
         ("errors / dropped",
-         f"{serial['errors'] + concurrent['errors']} / {serial['dropped'] + concurrent['dropped']}"),
+         f"{sum(r['errors'] for r in phases)} / {sum(r['dropped'] for r in phases)} (every phase)"),
         ("model", model),
         ("load average at the end (1, 5, 15 min)", ", ".join(f"{x:.2f}" for x in loadavg)),
     ]
