@@ -205,8 +205,8 @@ def main() -> None:
         ("throughput, concurrent ÷ serial", f"{ratio:.2f}× (target ≥ 5×)"),
         ("server CPU time per request, serial vs concurrent",
          f"{serial['server_cpu_ms_per_request']} vs {concurrent['server_cpu_ms_per_request']} ms "
-         f"({serial['server_cpu_ms_per_request'] / max(concurrent['server_cpu_ms_per_request'], 1e-9):.2f}× less "
-         "when batched: the gain a machine with idle cores would see)"),
+         f"({serial['server_cpu_ms_per_request'] / max(concurrent['server_cpu_ms_per_request'], 1e-9):.2f}×; "
+         "user + system time of the server process, which other tenants of the CPU do not add to)"),
         *([("1 candidate per request: serial vs "
              f"{args.clients} clients, {args.one_poem_seconds:g} s each",
              f"{one['serial']['requests_per_s']} vs {one['concurrent']['requests_per_s']} req/s "
