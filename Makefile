@@ -5,6 +5,7 @@
 #   make viz    kedro-viz on 127.0.0.1 (no browser)
 #   make viz-build   kedro-viz's static site in viz-build/ (not build/: `kedro package` uses that)
 #   make bench  benchmarks, results to benchmarks/results/
+#   make serve  the poem studio (page + JSON API) on http://127.0.0.1:8000/ (PORT=…, MODEL_VERSION=…)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,7 @@ STAMP  := $(VENV)/.installed
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup data run test viz viz-build bench clean-data
+.PHONY: setup data run test viz viz-build bench serve clean-data
 
 setup: $(STAMP)
 
@@ -56,6 +57,11 @@ viz-build: $(STAMP)
 
 bench: data
 	$(BIN)/python benchmarks/run.py
+
+# The poem studio on 127.0.0.1 (needs a trained model: `make run` or `kedro run --pipeline=training`).
+PORT ?= 8000
+serve: $(STAMP)
+	$(BIN)/kedro serve --host 127.0.0.1 --port $(PORT) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
 
 clean-data:
 	find data -mindepth 2 -not -name .gitkeep -not -path 'data/01_raw/*' -delete

@@ -160,3 +160,57 @@ def models(env: str | None, dataset: str, as_json: bool) -> None:
         click.echo(f"The newest version {rows[0]['version']} is broken: generation stops until you retrain"
                    + (f" or pin {good}." if good else "."))
     click.echo("Pin one for generation: kedro run --pipelines=generate --load-versions=model:<version>")
+
+
+@cli.command(name="serve")
+@env_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. The studio has no authentication: keep it on this machine.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--model-version", default=None, help="A model version (`kedro models`); default: the newest.")
+@click.option("--window-ms", default=5.0, show_default=True, type=click.FloatRange(0, 1000),
+              help="How long the first waiting request waits for others to decode with it.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0),
+              help="torch CPU threads for decoding; 0 = torch's default.")
+def serve(env: str | None, host: str, port: int, model_version: str | None, window_ms: float, threads: int) -> None:
+    """The poem studio: a page and a JSON API (OpenAPI at /docs) on http://HOST:PORT/."""
+    import logging
+
+    import torch
+    import uvicorn
+
+    from tangshi_pipeline.studio.app import create_app
+    from tangshi_pipeline.studio.load import StudioError, load_poet
+
+    log = logging.getLogger("tangshi_pipeline.studio")
+    _check_port(host, port)  # before the model is loaded: a busy port fails at once
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        poet, models = load_poet(Path.cwd(), env, model_version)
+    except StudioError as exc:
+        raise click.ClickException(str(exc)) from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the studio has no authentication; anyone who reaches this port can use it", host)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    log.info("Poem studio: %s (model %s, %d training lines, OpenAPI at %sdocs)", url, poet.version,
+             len(poet.sources), url)
+    uvicorn.run(create_app(poet, models, window=window_ms / 1000), host=host, port=port, log_config=None,
+                log_level="info", access_log=False)
+
+
+def _check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise click.ClickException(f"--host {host}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror}): "
+                                       f"choose another port with --port") from None

@@ -22,6 +22,13 @@ At each step the logits are masked so that only legal tokens can be drawn:
 * ``no_copy`` (forms): at a line's last character, never one that would complete a line found
   verbatim in ``training_lines`` (the training split's lines, given to the decoder).
 
+Each poem's random draws come from (seed, poem index, step) alone (counter-based): by default the
+seed of the settings and the poem's position in the call, or a (seed, index) key per poem
+(``generate(..., keys=...)``), so poems of several requests decoded together in one batch are
+each the poems their own request would get alone. ``Decoder.mean_logprobs`` (and
+``generate(..., score=True)``) gives each poem's mean log-probability per character under the
+model — its own judgement of the text, whatever the masks forced — to rank candidates by.
+
 If the masks leave a poem no legal character (e.g. a forced acrostic character that breaks every
 template), the poem falls back to the shape-only mask for that step and the step is counted in
 ``Poems.fallbacks``. The bans (重韵, ``no_repeat_ngram``, ``no_copy``) give way before that: a
@@ -65,6 +72,7 @@ class Poems:
     texts: list[str]
     templates: list[str | None]      # the template each poem was held to (strict/rhyme), else None
     fallbacks: list[int] = field(default_factory=list)  # steps where the masks left nothing legal
+    scores: list[float] = field(default_factory=list)   # mean log-probability per character (score=True)
 
 
 def is_hanzi(token: str) -> bool:
@@ -187,25 +195,63 @@ class Decoder:
     # ------------------------------------------------------------------------------- public
 
     def generate(self, begins: list[str | None], acrostics: list[str | None], settings: Settings,
-                 batch_size: int = 1024) -> Poems:
+                 batch_size: int = 1024, keys: list[tuple[int, int]] | None = None, score: bool = False) -> Poems:
         """One poem per (begin, acrostic) pair, in batches. Sampling draws come from (seed, poem
-        index, step) alone, so each poem is the same whatever the batch size or device."""
+        index, step) alone, so each poem is the same whatever the batch size or device. ``keys``:
+        a (seed, poem index) per poem; default (``settings.seed``, its position). ``score``: also
+        each poem's mean log-probability per character (:meth:`mean_logprobs`)."""
         if len(begins) != len(acrostics):
             raise ValueError("begins and acrostics must have the same length")
+        if keys is not None and len(keys) != len(begins):
+            raise ValueError("keys must give one (seed, poem index) per poem")
         if (settings.strict_tones or settings.rhyme) and settings.form in FORMS and self.prosody is None:
             raise ValueError("strict tones and rhyme need the tone lexicon and rhyme table (prosody)")
         if settings.no_copy and not self.completions:
             raise ValueError("no_copy needs the training lines (Decoder(..., training_lines=...))")
+        keys = keys if keys is not None else [(settings.seed, i) for i in range(len(begins))]
+        seeds = torch.tensor([_seed_key(seed) for seed, _ in keys], dtype=torch.long, device=self.device)
+        ids = torch.tensor([index for _, index in keys], dtype=torch.long, device=self.device)
         run = self._form if settings.form in FORMS else self._free
         out = Poems([], [], [])
         with torch.inference_mode():
             for start in range(0, len(begins), batch_size):
                 chunk = slice(start, start + batch_size)
-                poems = run(begins[chunk], acrostics[chunk], settings, start)
+                poems = run(begins[chunk], acrostics[chunk], settings, (seeds[chunk], ids[chunk]))
                 out.texts += poems.texts
                 out.templates += poems.templates
                 out.fallbacks += poems.fallbacks
+        if score:
+            out.scores = self.mean_logprobs(out.texts)
         return out
+
+    def mean_logprobs(self, texts: list[str], chunk: int = 4096) -> list[float]:
+        """Each text's mean log-probability (nats) per character under the model, from the start
+        token: every character and punctuation mark counts, forced ones too; the end token does not.
+        The texts are fed one token per step, as the decoder writes them (:meth:`_advance`)."""
+        if not texts:
+            return []
+        width = max(map(len, texts))
+        ids = torch.full((len(texts), width + 1), PAD_ID, dtype=torch.long)
+        ids[:, 0] = START_ID
+        for row, text in enumerate(texts):
+            ids[row, 1:len(text) + 1] = torch.tensor([self.index[c] for c in text], dtype=torch.long)
+        ids = ids.to(self.device)
+        head_bias = self.model.head.bias.detach()
+        with torch.inference_mode():
+            hidden, state = [], None
+            for t in range(width):
+                h, state = self._advance(ids[:, t], state)
+                hidden.append(h)
+            hidden = torch.stack(hidden, 1).flatten(0, 1)      # (B·T, H), row b·T + t
+            targets = ids[:, 1:].flatten()
+            logp = torch.empty(len(targets), device=self.device)
+            for start in range(0, len(targets), chunk):
+                rows = slice(start, start + chunk)
+                logits = torch.addmm(head_bias, hidden[rows], self.weight_t)
+                logp[rows] = logits.gather(1, targets[rows, None])[:, 0] - logits.logsumexp(-1)
+            keep = (targets != PAD_ID).view(len(texts), width)
+            logp = logp.view(len(texts), width).masked_fill(~keep, 0.0)
+            return (logp.sum(1) / keep.sum(1).clamp(min=1)).tolist()
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -294,7 +340,7 @@ class Decoder:
 
     # -------------------------------------------------------------------------- free form
 
-    def _free(self, begins, acrostics, s: Settings, first: int) -> Poems:
+    def _free(self, begins, acrostics, s: Settings, keys) -> Poems:
         B, dev = len(begins), self.device
         lo, hi = FREE_LINE
         n_lines = torch.tensor([len(a) if a else 0 for a in acrostics], device=dev)
@@ -319,7 +365,7 @@ class Decoder:
             else:
                 mask = self._acrostic_mask(r) | force[:, None] if bool(r["acro"].any()) else None
                 banned = self._repeats(out[r["id"], :t], s.no_repeat_ngram) if s.no_repeat_ngram else None
-                u = _uniform(s.seed, first + r["id"], t) if s.strategy == "sample" else None
+                u = _draws(keys[0][r["id"]], keys[1][r["id"]], t) if s.strategy == "sample" else None
                 chosen, empty = self._choose(h, self.bias_free, s, u, mask, self.bias_free, banned)
                 fallbacks[r["id"][empty & ~force]] += 1
                 token = torch.where(force, head, chosen)
@@ -352,7 +398,7 @@ class Decoder:
 
     # ------------------------------------------------------------------------------- forms
 
-    def _form(self, begins, acrostics, s: Settings, first: int) -> Poems:
+    def _form(self, begins, acrostics, s: Settings, keys) -> Poems:
         B, dev = len(begins), self.device
         n_lines, n_chars = FORMS[s.form]
         if self.comma is None or self.period is None:
@@ -378,7 +424,6 @@ class Decoder:
         ends = torch.arange(n_lines, device=dev) * (n_chars + 1) + n_chars - 1  # each line's last character
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), None
         no_force = torch.zeros(B, dtype=torch.bool, device=dev)
-        rows = torch.arange(B, device=dev)
         t = 0
         for i in range(n_lines):
             for j in range(n_chars + 1):
@@ -406,7 +451,7 @@ class Decoder:
                         else:
                             bias = self._tone_bias(alive, req[:, i, j])
                     banned = [b for b in banned if b is not None]
-                    u = _uniform(s.seed, first + rows, t) if s.strategy == "sample" else None
+                    u = _draws(*keys, t) if s.strategy == "sample" else None
                     chosen, empty = self._choose(h, bias, s, u, mask, self.bias_content,
                                                  torch.cat(banned, 1) if banned else None)
                     fallbacks += (empty & ~force).long()
@@ -503,10 +548,19 @@ def _mix32(x):
     return x ^ (x >> 16)
 
 
+def _seed_key(seed: int) -> int:
+    """A seed (any size) mixed down to the 32-bit key of its random numbers."""
+    return _mix32((seed & _M32) ^ _mix32((seed >> 32) & _M32 ^ 0x9E3779B9))
+
+
 def _uniform(seed: int, poems: torch.Tensor, step: int) -> torch.Tensor:
     """(B, 1) uniform draws in [0, 1), one per poem, from (seed, poem index, step) alone: counter-based
     random numbers, so a poem's draws do not depend on the batch it is decoded in, nor on the device."""
-    key = _mix32((seed & _M32) ^ _mix32((seed >> 32) & _M32 ^ 0x9E3779B9))
+    return _draws(_seed_key(seed), poems, step)
+
+
+def _draws(key, poems: torch.Tensor, step: int) -> torch.Tensor:
+    """:func:`_uniform` from seed keys (an int, or a (B,) tensor: one seed per poem)."""
     x = _mix32((_mul32(poems.long(), 0x9E3779B1) + _mix32(key ^ _mix32(step))) & _M32)
     x = _mix32(x ^ key)
     return ((x >> 8).float() / 2**24)[:, None]  # 24 bits: exact in float32, below 1

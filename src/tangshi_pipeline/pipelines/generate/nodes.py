@@ -61,6 +61,14 @@ def settings_of(p: GenerateParams) -> Settings:
                     rhyme=p.rhyme, no_repeat_ngram=p.no_repeat_ngram, no_copy=p.no_copy, seed=p.seed)
 
 
+def poem_heads(p: GenerateParams) -> tuple[list[str | None], list[str | None]]:
+    """The begin character and acrostic of each poem, in order (shared with the studio server)."""
+    if p.acrostic:
+        return [None] * p.num_samples, [p.acrostic] * p.num_samples
+    begins = [b for b in p.begin_words for _ in range(p.num_samples)]
+    return begins, [None] * len(begins)
+
+
 def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table: dict, vectors: pd.DataFrame,
                    params: dict) -> tuple[list[dict], str]:
     """Write ``num_samples`` poems per begin character (or for the acrostic), in batches. The
@@ -70,11 +78,7 @@ def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table
     _check_inputs(model, v, p)
     lines = training_clauses(vectors, v) if p.no_copy else ()
     decoder = Decoder(model.model, v, Prosody.from_json(tone_lexicon, rhyme_table), p.device, lines)
-    if p.acrostic:
-        begins, acrostics = [None] * p.num_samples, [p.acrostic] * p.num_samples
-    else:
-        begins = [b for b in p.begin_words for _ in range(p.num_samples)]
-        acrostics = [None] * len(begins)
+    begins, acrostics = poem_heads(p)
     poems = decoder.generate(begins, acrostics, settings_of(p), p.batch_size)
     settings = p.model_dump(exclude={"begin_words", "acrostic", "batch_size", "device"})
     records = [
