@@ -61,7 +61,7 @@ def test_artifact_refuses_a_mismatched_config(tmp_path):
 
 
 def test_missing_model_names_the_command(tmp_path):
-    with pytest.raises(DatasetError, match="kedro run --pipeline=training"):
+    with pytest.raises(DatasetError, match="kedro run --pipelines=training"):
         ModelArtifact(str(tmp_path / "poet"), version=Version(None, None)).load()
 
 

@@ -152,7 +152,7 @@ GENERATE_PARAMS = "generate.acrostic=日月"  # the fixture corpus has no 湖 (a
 
 
 def run_generate(project, load_versions: dict | None = None) -> None:
-    """`kedro run --pipeline=generate` in-process, through the session class the CLI uses."""
+    """`kedro run --pipelines=generate` in-process, through the session class the CLI uses."""
     from kedro.framework.project import settings
 
     params = {"generate": {"begin_words": list("日月")}}
@@ -161,7 +161,7 @@ def run_generate(project, load_versions: dict | None = None) -> None:
 
 
 def kedro_generate(project, *options: str) -> subprocess.CompletedProcess:
-    """`kedro run --pipeline=generate` as a user types it."""
+    """`kedro run --pipelines=generate` as a user types it."""
     kedro = str(Path(sys.executable).with_name("kedro"))
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}
     return subprocess.run([kedro, "run", "--pipeline=generate", f"--params={GENERATE_PARAMS}", *options],
@@ -309,7 +309,7 @@ def test_a_version_whose_poet_is_a_file_is_broken_not_missing(trained):
     message = str(raised.value)
     assert "does not exist" not in message
     assert f"{folder} is a file, not a model folder" in message
-    assert f"kedro run --pipeline=generate --load-versions=model:{older}" in message
+    assert f"kedro run --pipelines=generate --load-versions=model:{older}" in message
 
 
 @pytest.mark.parametrize("leave", [[], ["config.json"], ["weights.safetensors"]])
@@ -323,7 +323,7 @@ def test_an_incomplete_newer_version_stops_generate_with_the_version_to_pin(trai
         run_generate(trained)
     message = str(raised.value)
     assert f"model version {newer} is broken" in message
-    assert f"kedro run --pipeline=generate --load-versions=model:{older}" in message
+    assert f"kedro run --pipelines=generate --load-versions=model:{older}" in message
     assert poem_versions(trained) == []
     run_generate(trained, load_versions={"model": older})  # the advice works
     assert len(poem_versions(trained)) == 1
@@ -353,4 +353,4 @@ def test_when_no_version_is_usable_the_advice_is_to_retrain(trained):
     with pytest.raises(Exception) as raised:
         run_generate(trained)
     assert "No other version is usable" in str(raised.value)
-    assert "kedro run --pipeline=training" in str(raised.value)
+    assert "kedro run --pipelines=training" in str(raised.value)

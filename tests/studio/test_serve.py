@@ -74,7 +74,7 @@ def test_serve_without_a_trained_model_names_the_command_that_trains_one(studio_
                                      "  filepath: data/06_models/none\n  versioned: true\n", "utf-8")
     out = _serve(studio_project, "--env", "nomodel", "--port", str(free_port()))
     assert out.returncode != 0
-    assert "no trained model yet" in out.stderr and "kedro run --pipeline=training" in out.stderr
+    assert "no trained model yet" in out.stderr and "kedro run --pipelines=training" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
 
 

@@ -27,7 +27,8 @@ M = TypeVar("M", bound=BaseModel)
 # AdamW, before activations): it fits a big GPU. A smaller device can run out of memory below them.
 # Seeds: 0 … 2³² − 1, as NumPy's; the batch order's torch generator is seeded with
 # seed × 1,000,003 + epoch, which must stay below 2⁶⁴.
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+MAX_SEED = 2**32 - 1       # training.seed, generate.seed
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MAX_WIDTH = 4096           # training.embedding_dim, training.hidden_dim
 MAX_LAYERS = 8             # training.num_layers
 MAX_TRAIN_BATCH = 8192     # training.batch_size

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from tangshi_pipeline import __version__
 from tangshi_pipeline.poet.params import GenerateParams
 from tangshi_pipeline.studio.batching import Batcher, Busy
-from tangshi_pipeline.studio.poet import API_FIELDS, MAX_POEMS, MAX_SEED, Poet, RequestError
+from tangshi_pipeline.studio.poet import API_FIELDS, MAX_POEMS, Poet, RequestError
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024  # bytes
@@ -150,7 +150,6 @@ def _request_schema(defaults: dict[str, Any]) -> dict[str, Any]:
     schema = GenerateParams.model_json_schema()
     props = {k: {**v, "default": defaults.get(k)} for k, v in schema["properties"].items() if k in API_FIELDS}
     props["num_samples"]["maximum"] = MAX_POEMS
-    props["seed"]["maximum"] = MAX_SEED
     return {"title": "PoemRequest", "type": "object", "properties": props, "additionalProperties": False,
             "description": "Any generate parameter (conf/base/parameters_generate.yml); the others keep the "
                            f"project's values. At most {MAX_POEMS} poems (num_samples × begin characters)."}
@@ -174,7 +173,7 @@ def create_app(poet: Poet, models: list[dict[str, Any]], window: float = 0.005, 
 
     app = FastAPI(title="tangshi-pipeline poem studio", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=lifespan, description="Poems from the trained poet: the same rules, decoder and "
-                  "checker as `kedro run --pipeline=generate`.")
+                  "checker as `kedro run --pipelines=generate`.")
     app.state.batcher = batcher
     app.mount("/static", StaticFiles(packages=[("tangshi_pipeline.studio", "static")]), name="static")
 

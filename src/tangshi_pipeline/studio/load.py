@@ -21,8 +21,8 @@ from tangshi_pipeline.poet.prosody import Prosody
 from tangshi_pipeline.studio.poet import Poet, line_sources
 from tangshi_pipeline.poet.vocab import Vocab
 
-TRAIN = "run `kedro run --pipeline=training` (or `kedro run`) first"
-PROCESS = "run `kedro run --pipeline=data_processing` first"
+TRAIN = "run `kedro run --pipelines=training` (or `kedro run`) first"
+PROCESS = "run `kedro run --pipelines=data_processing` first"
 
 
 class StudioError(RuntimeError):

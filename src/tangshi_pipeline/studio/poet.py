@@ -3,7 +3,7 @@
 A request is the ``generate`` parameters (``conf/base/parameters_generate.yml``) that it changes;
 the rest are the project's own values. It is validated by :class:`~tangshi_pipeline.poet.params.GenerateParams`
 and the node's input check, so a rule lives in one place and the server and ``kedro run
---pipeline=generate`` accept and refuse the same values, with the same messages. Poems are written by
+--pipelines=generate`` accept and refuse the same values, with the same messages. Poems are written by
 the same :class:`~tangshi_pipeline.poet.decoding.Decoder` call the node makes, so the same settings and seed
 give the same poems from both.
 
@@ -35,7 +35,6 @@ from tangshi_pipeline.poet.vocab import Vocab
 SERVER_FIELDS = ("batch_size", "device")   # set by `kedro serve`, not per request
 API_FIELDS = tuple(f for f in GenerateParams.model_fields if f not in SERVER_FIELDS)
 MAX_POEMS = 16                             # poems per request (num_samples × begin characters)
-MAX_SEED = 2**53 - 1                       # the largest integer a browser's JavaScript keeps exactly
 SOURCES_PER_LINE = 3                       # copied lines: at most this many source poems listed
 # Decoder batches are padded to a multiple of ROWS poems: torch's CPU matrix products give a row the
 # same bits in any batch of 4, 8, 12, 16 … rows but not in one of 1–3 rows (nor, with two threads,
@@ -154,9 +153,6 @@ class Poet:
             raise RequestError([_problem(
                 "num_samples", f"num_samples: {params.num_samples} × {len(params.begin_words)} begin character(s) "
                 f"= {len(begins)} poems; a request writes at most {MAX_POEMS}", "less_than_equal", params.num_samples)])
-        if params.seed > MAX_SEED:
-            raise RequestError([_problem("seed", f"seed: at most {MAX_SEED} (2^53 - 1, exact in JavaScript)",
-                                         "less_than_equal", params.seed)])
         try:
             _check_inputs(self.artifact, self.vocab, params)
         except GenerationError as exc:

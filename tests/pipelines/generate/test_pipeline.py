@@ -95,7 +95,7 @@ def test_bad_parameters_fail_before_any_work(processed, params, message):
 
 
 def test_missing_model_says_run_training(processed):
-    with pytest.raises(Exception, match=r"no trained model in .*run `kedro run --pipeline=training`"):
+    with pytest.raises(Exception, match=r"no trained model in .*run `kedro run --pipelines=training`"):
         processed.run("generate", params={"generate": {"begin_words": ["日"]}})
 
 

@@ -29,13 +29,13 @@ def _check_inputs(model: Artifact, vocab: Vocab, p: GenerateParams) -> None:
         raise GenerationError(
             f"the model was trained on vocabulary {str(fingerprint)[:12]}… but data/05_model_input/vocab.json "
             f"is {vocab.fingerprint[:12]}… (the data was re-processed since): retrain with "
-            f"`kedro run --pipeline=training`, or pin a model trained on this vocabulary with "
+            f"`kedro run --pipelines=training`, or pin a model trained on this vocabulary with "
             f"--load-versions=model:<version>."
         )
     if model.model.config.vocab_size != len(vocab):
         raise GenerationError(
             f"the model has {model.model.config.vocab_size} output tokens but the vocabulary has "
-            f"{len(vocab)}: retrain with `kedro run --pipeline=training`."
+            f"{len(vocab)}: retrain with `kedro run --pipelines=training`."
         )
     index = vocab.index
     where, chars = ("generate.acrostic", p.acrostic) if p.acrostic else ("generate.begin_words", p.begin_words)

@@ -79,7 +79,7 @@ def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, params: 
     fingerprint = Vocab.from_json(vocab).fingerprint
     if model.vocab_fingerprint != fingerprint:
         raise ValueError("the model was trained on a different vocabulary than data/05_model_input/vocab.json; "
-                         "retrain it (kedro run --pipeline=training)")
+                         "retrain it (kedro run --pipelines=training)")
     device = _device(p)
     net = model.model.to(device)
     metrics: dict[str, Any] = {"architecture": {k: v for k, v in vars(net.config).items()},
