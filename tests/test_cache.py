@@ -19,7 +19,6 @@ from kedro.framework.hooks import hook_impl
 
 from tangshi_pipeline.plumbing.cache import FORCE_ENV, CachedSession
 from tangshi_pipeline.plumbing.corpus import write_manifest
-from tests.conftest import shipped_params
 
 DP = [f"data_processing.{name}" for name in (
     "flatten", "clean", "build_prosody", "frame", "build_vocab", "vectorize")]
@@ -67,10 +66,12 @@ def test_second_run_skips_everything(project):
     assert len(records) == len(DP)
 
 
-def test_parameter_of_last_node_reruns_only_it(project):
+def test_parameter_of_last_node_reruns_only_it(project, caplog):
     run(project.path, "data_processing")
     ran, skipped = run(project.path, "data_processing", params={"data_processing": {"split_salt": "other"}})
     assert ran == ["data_processing.vectorize"] and skipped == DP[:-1]
+    assert ("Cache miss for node data_processing.vectorize: parameter params:data_processing.split_salt changed"
+            in caplog.text)
     assert run(project.path, "data_processing", params={"data_processing": {"split_salt": "other"}}) == ([], DP)
 
 
@@ -333,29 +334,6 @@ def test_models_command_lists_versions_with_metrics(project):
 
 
 # ------------------------------------------------------------------------ units
-
-
-def test_parameter_tracker_records_field_reads_and_whole_object_access():
-    from kedro.pipeline import node
-
-    from tangshi_pipeline.plumbing.cache import ALL, ParamTracker
-    from tangshi_pipeline.poet.params import SCHEMAS, DataProcessingParams, parse
-
-    tracker = ParamTracker(SCHEMAS)
-    n = node(lambda p: p, "params:data_processing", "out", name="n")
-    full = shipped_params("data_processing")
-    given = tracker.before_node_run(n, {"params:data_processing": {**full, "min_length": 3}})["params:data_processing"]
-    p = parse(DataProcessingParams, "data_processing", given)
-    assert p is given and p.min_length == 3 and p["split_salt"] == "tangshi" and p.get("nope", 1) == 1
-    assert tracker.reads["n"]["params:data_processing"] == {"min_length", "split_salt"}
-    p.model_dump(include={"dedupe"})
-    assert tracker.reads["n"]["params:data_processing"] == {"min_length", "split_salt", "dedupe"}
-    repr(p)
-    assert ALL in tracker.reads["n"]["params:data_processing"]
-    assert tracker.digest("data_processing", {**full, "min_length": 3}, ["min_length"]) != \
-        tracker.digest("data_processing", {**full, "min_length": 4}, ["min_length"])
-    assert tracker.digest("data_processing", {**full, "min_length": 3}, ["dedupe"]) == \
-        tracker.digest("data_processing", {**full, "min_length": 4}, ["dedupe"])
 
 
 def test_code_fingerprint_follows_helpers_and_constants(tmp_path, monkeypatch):

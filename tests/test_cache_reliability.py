@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-import tangshi_pipeline.plumbing.cache as cache
+from tangshi_pipeline import atomic
 from tangshi_pipeline.plumbing.cache import CachedRunner
 from tests.conftest import ROOT, lay_out_project
 from tests.test_cache import DP, report, run
@@ -216,14 +216,14 @@ def test_a_damaged_file_index_is_ignored_and_rebuilt_even_with_force(project, ca
 def _cache_disk_full(monkeypatch):
     """Writes under data/.cache fail as on a full disk (the error carries no path); returns the
     real writer, to put back."""
-    real = cache.write_json_atomic
+    real = atomic.write_json
 
-    def write(path, payload):
+    def write(path, payload, **dump_args):
         if ".cache" in Path(path).parts:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, payload)
+        return real(path, payload, **dump_args)
 
-    monkeypatch.setattr(cache, "write_json_atomic", write)
+    monkeypatch.setattr(atomic, "write_json", write)
     return real
 
 
@@ -244,7 +244,7 @@ def test_a_record_that_cannot_be_written_is_logged_and_the_node_reruns_next_time
     assert ran == DP[1:]
     assert "Could not write the cache record" in caplog.text and "node data_processing.clean will run again" in caplog.text
     assert str(project.path / "data/.cache/nodes/data_processing.clean-") in caplog.text
-    monkeypatch.setattr(cache, "write_json_atomic", real)  # space again
+    monkeypatch.setattr(atomic, "write_json", real)  # space again
     assert run(project.path, "data_processing", params=shorter)[0] == DP[1:]
     assert run(project.path, "data_processing", params=shorter) == ([], DP)
 

@@ -29,17 +29,24 @@ pytestmark = [
 ]
 
 
+def _clean(poems, ingest, p: dict):
+    """``clean_poems`` with the section's values, as the pipeline wires them."""
+    return clean_poems(poems, ingest, opencc_config=p["opencc_config"], drop_if_contains=p["drop_if_contains"],
+                       min_length=p["min_length"], max_length=p["max_length"], dedupe=p["dedupe"],
+                       start_token=p["start_token"], end_token=p["end_token"])
+
+
 @pytest.fixture(scope="module")
 def processed():
     from kedro_datasets.partitions import PartitionedDataset
 
-    params = shipped_params("data_processing")
+    p = shipped_params("data_processing")
     raw = PartitionedDataset(path=str(RAW), dataset="json.JSONDataset", filename_suffix=".json").load()
-    poems, ingest = flatten_corpus(raw, params)
-    clean, report = clean_poems(poems, ingest, params)
-    framed = frame_poems(clean, params)
-    vocab = build_vocab(framed, params)
-    vectors, summary = vectorize(framed, vocab, params)
+    poems, ingest = flatten_corpus(raw, p["skip_bad_partitions"])
+    clean, report = _clean(poems, ingest, p)
+    framed = frame_poems(clean, p["start_token"], p["end_token"])
+    vocab = build_vocab(framed, p["start_token"], p["end_token"], p["min_count"])
+    vectors, summary = vectorize(framed, vocab, p["split"], p["split_salt"])
     return poems, ingest, clean, report, vocab, vectors, summary
 
 
@@ -79,13 +86,13 @@ def test_classic_filters_keep_designs_figure(processed):
     """Only the classic exercise's filters, no duplicate removal: DESIGN.md's 45,505 poems."""
     poems, ingest, *_ = processed
     params = shipped_params("data_processing") | {"drop_if_contains": ["_", "(", "（", "《", "["], "dedupe": False}
-    _, report = clean_poems(poems, ingest, params)
+    _, report = _clean(poems, ingest, params)
     assert report["kept_poems"] == 45_505
 
 
 def test_corpus_tone_lexicon_judges_a_famous_poem(processed):
     _, _, clean, *_ = processed
-    lexicon, rhyme_table = build_prosody(clean, shipped_params("data_processing"))
+    lexicon, rhyme_table = build_prosody(clean, shipped_params("data_processing")["opencc_config"])
     assert lexicon["summary"] == {PING: 2_731, ZE: 3_782, EITHER: 423}
     prosody = Prosody.from_json(lexicon, rhyme_table)
     assert prosody.tone("不") == ZE and prosody.tone("何") == PING and prosody.tone("中") == EITHER

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tangshi_pipeline.poet.params import ParameterError
+from tangshi_pipeline.poet.params import ParameterError, validate_all
 from tangshi_pipeline.pipelines.data_processing.nodes import (
     CorpusFormatError,
     build_vocab,
@@ -38,8 +38,8 @@ def partitions(poems: list[dict], per_file: int = 3, raw: dict[str, str] | None 
 
 # ---------------------------------------------------------------------------------------- flatten
 
-def test_flatten_joins_paragraphs_and_aligns_tones(data_params):
-    poems, report = flatten_corpus(partitions(REAL), data_params)
+def test_flatten_joins_paragraphs_and_aligns_tones():
+    poems, report = flatten_corpus(partitions(REAL), skip_bad_partitions=False)
     assert len(poems) == len(REAL) == report["poems"]
     row = poems.set_index("id").loc["ca2c489a-e433-4c0f-8248-77d354f0665e"]
     assert row["text"] == "牀前看月光，疑是地上霜。舉頭望山月，低頭思故鄉。"
@@ -48,15 +48,15 @@ def test_flatten_joins_paragraphs_and_aligns_tones(data_params):
     assert report["with_tones"] == len(REAL) and report["tones_misaligned"] == 0
 
 
-def test_flatten_reads_partitions_in_numeric_order(data_params):
-    poems, _ = flatten_corpus(partitions(REAL, per_file=1), data_params)
+def test_flatten_reads_partitions_in_numeric_order():
+    poems, _ = flatten_corpus(partitions(REAL, per_file=1), skip_bad_partitions=False)
     assert poems["id"].tolist() == [p["id"] for p in REAL]  # poet.tang.10000 after poet.tang.2000
 
 
-def test_flatten_tones_missing_or_misaligned_become_null(data_params):
+def test_flatten_tones_missing_or_misaligned_become_null():
     no_strains = {k: v for k, v in REAL[0].items() if k != "strains"}
     misaligned = {**REAL[1], "strains": ["平平仄"]}
-    poems, report = flatten_corpus(partitions([no_strains, misaligned]), data_params)
+    poems, report = flatten_corpus(partitions([no_strains, misaligned]), skip_bad_partitions=False)
     assert poems["tones"].isna().all()
     assert report["tones_misaligned"] == 1 and report["with_tones"] == 0
 
@@ -68,30 +68,30 @@ def test_flatten_tones_missing_or_misaligned_become_null(data_params):
     ('[{"id": "x", "author": "a", "title": null, "paragraphs": []}]', "field 'title' must be a string"),
     ('{"id": "x"}', "expected a JSON list of poems"),
 ])
-def test_flatten_bad_partition_names_the_partition(data_params, bad, problem):
+def test_flatten_bad_partition_names_the_partition(bad, problem):
     parts = partitions(REAL, raw={"poems/poet.tang.9000": bad})
     with pytest.raises(CorpusFormatError) as err:
-        flatten_corpus(parts, data_params)
+        flatten_corpus(parts, skip_bad_partitions=False)
     assert "poems/poet.tang.9000.json" in str(err.value)
     assert problem in str(err.value)
     assert "skip_bad_partitions" in str(err.value)
 
 
-def test_flatten_can_skip_and_count_bad_partitions(data_params):
+def test_flatten_can_skip_and_count_bad_partitions():
     parts = partitions(REAL, raw={"poems/poet.tang.9000": "{not json", "strains/poet.tang.9000": "[1]"})
-    poems, report = flatten_corpus(parts, {**data_params, "skip_bad_partitions": True})
+    poems, report = flatten_corpus(parts, skip_bad_partitions=True)
     assert len(poems) == len(REAL)
     assert [s["partition"] for s in report["skipped_partitions"]] == [
         "poems/poet.tang.9000.json", "strains/poet.tang.9000.json"]
 
 
-def test_flatten_without_any_poem_partition_is_an_error(data_params):
+def test_flatten_without_any_poem_partition_is_an_error():
     with pytest.raises(CorpusFormatError, match="no readable poem partitions"):
-        flatten_corpus({}, data_params)
+        flatten_corpus({}, skip_bad_partitions=False)
 
 
-def test_flatten_classic_text(data_params):
-    poems, report = flatten_corpus(CLASSIC_POEMS_TXT, data_params)
+def test_flatten_classic_text():
+    poems, report = flatten_corpus(CLASSIC_POEMS_TXT, skip_bad_partitions=False)
     assert poems["title"].tolist() == ["静夜思", "登鹳雀楼", "杂诗:其二", "春晓"]
     assert poems["text"].iloc[2] == "君自故乡来，应知故乡事。来日绮窗前，寒梅著花未。"
     assert poems["tones"].isna().all()
@@ -103,9 +103,9 @@ def test_flatten_classic_text(data_params):
 
 
 @pytest.mark.parametrize("inside", ["\x0c", "\u2028", "\u2029", "\x85", "\v", "\x1c", "\x1d", "\x1e", "\r"])
-def test_classic_lines_break_only_at_newlines(data_params, inside):
+def test_classic_lines_break_only_at_newlines(inside):
     text = f"甲:白日依山尽，{inside}黄河入海流。\r\n没有冒号\n乙:床前明月光。\n"
-    poems, report = flatten_corpus(text, data_params)
+    poems, report = flatten_corpus(text, skip_bad_partitions=False)
     assert poems["title"].tolist() == ["甲", "乙"]
     assert poems["text"].iloc[0] == f"白日依山尽，{inside}黄河入海流。"  # clean removes the whitespace
     assert report["lines"] == 3  # as `wc -l` counts them
@@ -113,28 +113,31 @@ def test_classic_lines_break_only_at_newlines(data_params, inside):
     assert poems["source"].tolist() == ["poems.txt:1", "poems.txt:3"]
 
 
-def test_flatten_lone_surrogate_names_the_partition_record_and_field(data_params):
+def test_flatten_lone_surrogate_names_the_partition_record_and_field():
     bad = '[{"id": "x", "author": "a", "title": "t", "paragraphs": ["ok", "\\ud800"]}]'
     with pytest.raises(CorpusFormatError) as err:
-        flatten_corpus(partitions(REAL, raw={"poems/poet.tang.9000": bad}), data_params)
+        flatten_corpus(partitions(REAL, raw={"poems/poet.tang.9000": bad}), skip_bad_partitions=False)
     assert ("raw corpus partition 'poems/poet.tang.9000.json': record 0 (id 'x'): field 'paragraphs' (line 2) "
             "holds a lone surrogate '\\ud800' at character 1") in str(err.value)
-    poems, report = flatten_corpus(partitions(REAL, raw={"poems/poet.tang.9000": bad}),
-                                   {**data_params, "skip_bad_partitions": True})
+    poems, report = flatten_corpus(partitions(REAL, raw={"poems/poet.tang.9000": bad}), skip_bad_partitions=True)
     assert len(poems) == len(REAL) and report["skipped_partitions"][0]["partition"] == "poems/poet.tang.9000.json"
 
 
-def test_classic_ids_do_not_depend_on_line_numbers(data_params):
-    a, _ = flatten_corpus("甲:山高月小，水落石出。\n乙:白日依山尽，黄河入海流。", data_params)
-    b, _ = flatten_corpus("\n\n乙:白日依山尽，黄河入海流。\n甲:山高月小，水落石出。", data_params)
+def test_classic_ids_do_not_depend_on_line_numbers():
+    a, _ = flatten_corpus("甲:山高月小，水落石出。\n乙:白日依山尽，黄河入海流。", skip_bad_partitions=False)
+    b, _ = flatten_corpus("\n\n乙:白日依山尽，黄河入海流。\n甲:山高月小，水落石出。", skip_bad_partitions=False)
     assert dict(zip(a["title"], a["id"])) == dict(zip(b["title"], b["id"]))
 
 
 # ------------------------------------------------------------------------------------------ clean
 
 def _clean(poems_list, params, **overrides):
-    poems, ingest = flatten_corpus(partitions(poems_list), params)
-    return clean_poems(poems, ingest, {**params, **overrides})
+    """``clean_poems`` on the flattened poems, with the section's values as the pipeline wires them."""
+    p = {**params, **overrides}
+    poems, ingest = flatten_corpus(partitions(poems_list), skip_bad_partitions=False)
+    return clean_poems(poems, ingest, opencc_config=p["opencc_config"], drop_if_contains=p["drop_if_contains"],
+                       min_length=p["min_length"], max_length=p["max_length"], dedupe=p["dedupe"],
+                       start_token=p["start_token"], end_token=p["end_token"])
 
 
 def test_clean_converts_to_simplified_and_keeps_tones_aligned(data_params):
@@ -185,20 +188,25 @@ def test_clean_everything_filtered_is_an_error(data_params):
         _clean(REAL, data_params, min_length=79)
 
 
-def test_clean_rejects_bad_parameters(data_params):
+def test_bad_cleaning_parameters_are_rejected_by_validation(data_params):
+    """Nodes take plain values; the ValidateParameters hook rejects a bad one before any node runs."""
     with pytest.raises(ParameterError, match="data_processing.min_length = 0"):
-        _clean(REAL, data_params, min_length=0)
+        validate_all({"data_processing": {**data_params, "min_length": 0}})
     with pytest.raises(ParameterError, match="min_length .* greater than max_length"):
-        _clean(REAL, data_params, min_length=50, max_length=10)
+        validate_all({"data_processing": {**data_params, "min_length": 50, "max_length": 10}})
     with pytest.raises(ParameterError, match="data_processing.max_lenght"):
-        _clean(REAL, data_params, max_lenght=10)
+        validate_all({"data_processing": {**data_params, "max_lenght": 10}})
 
 
 # ---------------------------------------------------------------------- frame, vocab, vectorize
 
 def _framed(params):
     clean, _ = _clean([*REAL, SPACED], params)
-    return frame_poems(clean, params)
+    return frame_poems(clean, params["start_token"], params["end_token"])
+
+
+def _vocab(framed, params):
+    return build_vocab(framed, params["start_token"], params["end_token"], params["min_count"])
 
 
 def test_frame_adds_tokens_and_sorts_by_length(data_params):
@@ -215,7 +223,7 @@ def test_frame_uses_configured_tokens(data_params):
 
 
 def test_vocab_puts_specials_first_then_frequency(data_params):
-    vocab = Vocab.from_json(build_vocab(_framed(data_params), data_params))
+    vocab = Vocab.from_json(_vocab(_framed(data_params), data_params))
     assert vocab.tokens[:4] == (PAD, UNK, "G", "E")
     counts = vocab.counts[4:]
     assert list(counts) == sorted(counts, reverse=True)
@@ -226,15 +234,15 @@ def test_vocab_puts_specials_first_then_frequency(data_params):
 
 def test_vocab_min_count_sends_rare_characters_to_unk(data_params):
     framed = _framed(data_params)
-    full = Vocab.from_json(build_vocab(framed, data_params))
-    pruned = Vocab.from_json(build_vocab(framed, {**data_params, "min_count": 2}))
+    full = Vocab.from_json(_vocab(framed, data_params))
+    pruned = Vocab.from_json(_vocab(framed, {**data_params, "min_count": 2}))
     assert len(pruned) < len(full)
     assert all(n >= 2 for n in pruned.counts[4:])
     assert pruned.counts[1] == sum(n for n in full.counts[4:] if n < 2)
 
 
 def test_vocab_json_round_trip_and_fingerprint(data_params):
-    data = build_vocab(_framed(data_params), data_params)
+    data = _vocab(_framed(data_params), data_params)
     vocab = Vocab.from_json(json.loads(json.dumps(data, ensure_ascii=False)))
     assert vocab.fingerprint == data["fingerprint"]
     with pytest.raises(ValueError, match="fingerprint"):
@@ -243,8 +251,8 @@ def test_vocab_json_round_trip_and_fingerprint(data_params):
 
 def test_vectorize_ids_decode_back_to_the_text(data_params):
     framed = _framed(data_params)
-    vocab = build_vocab(framed, data_params)
-    vectors, report = vectorize(framed, vocab, data_params)
+    vocab = _vocab(framed, data_params)
+    vectors, report = vectorize(framed, vocab, data_params["split"], data_params["split_salt"])
     v = Vocab.from_json(vocab)
     for text, ids in zip(framed["text"], vectors["ids"]):
         assert ids.dtype == np.int32
@@ -257,32 +265,32 @@ def test_vectorize_ids_decode_back_to_the_text(data_params):
 
 def test_vectorize_unknown_characters(data_params):
     framed = pd.DataFrame({"id": ["a", "b"], "text": ["G山水E", "G山月E"], "length": [4, 4]})
-    vocab = build_vocab(framed.iloc[:1], data_params)
-    vectors, report = vectorize(framed, vocab, data_params)
+    vocab = _vocab(framed.iloc[:1], data_params)
+    vectors, report = vectorize(framed, vocab, data_params["split"], data_params["split_salt"])
     assert vectors["ids"].iloc[1].tolist()[2] == 1 and report["unknown_tokens"] == 1
 
 
 def test_split_depends_only_on_the_poem_id(data_params):
     ids = [f"poem-{i}" for i in range(3000)]
     framed = pd.DataFrame({"id": ids, "text": ["G山E"] * 3000, "length": [3] * 3000})
-    vocab = build_vocab(framed, data_params)
-    full, report = vectorize(framed, vocab, data_params)
-    part, _ = vectorize(framed.iloc[::7], vocab, data_params)
+    vocab = _vocab(framed, data_params)
+    full, report = vectorize(framed, vocab, data_params["split"], data_params["split_salt"])
+    part, _ = vectorize(framed.iloc[::7], vocab, data_params["split"], data_params["split_salt"])
     assert dict(zip(part["id"], part["split"])) == {i: s for i, s in zip(full["id"], full["split"]) if i in set(part["id"])}
     assert 0.92 < report["train"]["poems"] / 3000 < 0.96  # 94 % ± sampling noise
     assert report["val"]["poems"] > 0 and report["test"]["poems"] > 0
-    salted, _ = vectorize(framed, vocab, {**data_params, "split_salt": "other"})
+    salted, _ = vectorize(framed, vocab, data_params["split"], "other")
     assert (salted["split"] != full["split"]).any()
 
 
-def test_flatten_classic_bytes_with_bom(data_params):
-    poems, _ = flatten_corpus(CLASSIC_POEMS_TXT.lstrip("\ufeff").encode("utf-8-sig"), data_params)
+def test_flatten_classic_bytes_with_bom():
+    poems, _ = flatten_corpus(CLASSIC_POEMS_TXT.lstrip("\ufeff").encode("utf-8-sig"), skip_bad_partitions=False)
     assert poems["title"].iloc[0] == "静夜思"
 
 
-def test_flatten_classic_not_utf8_names_the_byte_offset(data_params):
+def test_flatten_classic_not_utf8_names_the_byte_offset():
     data = "静夜思:床前明月光。\n春晓:".encode() + "春眠不觉晓。".encode("gbk")
     with pytest.raises(CorpusFormatError) as err:
-        flatten_corpus(data, data_params)
+        flatten_corpus(data, skip_bad_partitions=False)
     offset = len("静夜思:床前明月光。\n春晓:".encode())
     assert f"offset {offset} (line 2)" in str(err.value) and "not UTF-8" in str(err.value)

@@ -160,7 +160,11 @@ def poem_report(texts: list[str], form: str, prosody: Prosody, reference: set[st
 def report_generation(generated_poems: list[dict], vectors: pd.DataFrame, vocab: dict,
                       tone_lexicon: dict, rhyme_table: dict, params: dict) -> dict[str, Any]:
     """The generation report: format accuracy, tonal conformance, rhyme accuracy, distinct-1/2,
-    copy rate (share of generated lines found verbatim in the training split), fallbacks."""
+    copy rate (share of generated lines found verbatim in the training split), fallbacks.
+
+    It takes the whole ``generate`` section (``params:generate``): the report records the settings
+    the poems were made with (all but ``batch_size`` and ``device``), and ``generate_poems``, which
+    reads the whole section too, re-runs on any change of it anyway."""
     p = parse(GenerateParams, "generate", params)
     prosody = Prosody.from_json(tone_lexicon, rhyme_table)
     texts = [r["text"] for r in generated_poems]

@@ -73,21 +73,24 @@ def _last_epoch_row(history: list[dict]) -> dict:
     return next((row for row in reversed(history) if row.get("kind") != "step"), {})
 
 
-def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, params: dict) -> dict[str, Any]:
-    """Perplexity and bits per character of the held-out splits (per predicted token, end token included)."""
-    p = parse(TrainingParams, "training", params)
+def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, device: str, threads: int,
+                   precision: str) -> dict[str, Any]:
+    """Perplexity and bits per character of the held-out splits (per predicted token, end token included),
+    on ``device`` (``training.device``; on the CPU with ``training.threads``) in ``precision``."""
     fingerprint = Vocab.from_json(vocab).fingerprint
     if model.vocab_fingerprint != fingerprint:
         raise ValueError("the model was trained on a different vocabulary than data/05_model_input/vocab.json; "
                          "retrain it (kedro run --pipelines=training)")
-    device = _device(p)
-    net = model.model.to(device)
+    target = resolve_device(device)
+    if target.type == "cpu":
+        set_threads(threads)
+    net = model.model.to(target)
     metrics: dict[str, Any] = {"architecture": {k: v for k, v in vars(net.config).items()},
                                "epochs_done": model.meta.get("training", {}).get("epochs_done")}
     for split in ("val", "test"):
         seqs = split_sequences(vectors, split)
-        buckets = Buckets(seqs, _eval_batch(device), device)
-        loss = evaluate(net, buckets, device, p.precision)
+        buckets = Buckets(seqs, _eval_batch(target), target)
+        loss = evaluate(net, buckets, target, precision)
         metrics[split] = {
             "poems": len(seqs), "tokens": buckets.tokens, "loss": loss,
             "perplexity": math.exp(loss) if loss is not None else None,

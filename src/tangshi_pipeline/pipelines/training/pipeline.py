@@ -8,8 +8,11 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(train, ["vectors", "vocab", "params:training", "training_checkpoints"],
                  ["model", "training_history"], name="train", tags="model"),
-            Node(evaluate_model, ["model", "vectors", "vocab", "params:training"], "training_metrics",
-                 name="evaluate", tags="evaluation"),
+            Node(evaluate_model,
+                 {"model": "model", "vectors": "vectors", "vocab": "vocab",
+                  "device": "params:training.device", "threads": "params:training.threads",
+                  "precision": "params:training.precision"},
+                 "training_metrics", name="evaluate", tags="evaluation"),
             Node(training_curve, "training_history", "training_curve", name="plot_training_curve",
                  tags="evaluation"),
         ],
