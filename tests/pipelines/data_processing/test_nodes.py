@@ -183,6 +183,11 @@ def test_clean_dedupe_can_be_switched_off(data_params):
     assert len(clean) == 2
 
 
+def test_clean_with_no_forbidden_characters_drops_none_for_that_reason(data_params):
+    clean, report = _clean(REAL, data_params, drop_if_contains=[])
+    assert len(clean) == len(REAL) and "forbidden_character" not in report["dropped"]
+
+
 def test_clean_everything_filtered_is_an_error(data_params):
     with pytest.raises(ValueError, match="every one of the 6 poems was filtered out"):
         _clean(REAL, data_params, min_length=79)

@@ -91,6 +91,8 @@ def _drop_reasons(ids: pd.Series, text: pd.Series, forbidden: list[str], tokens:
     length = text.str.len().to_numpy()
 
     def contains(chars) -> np.ndarray:
+        if not chars:  # an empty pattern would match every poem
+            return np.zeros(len(text), dtype=bool)
         return text.str.contains("|".join(re.escape(c) for c in chars), regex=True).to_numpy(dtype=bool)
 
     conditions = [
