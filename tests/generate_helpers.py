@@ -9,10 +9,20 @@ import opencc
 import torch
 
 from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig
-from tangshi_pipeline.poet.prosody import EITHER, PING, ZE, Prosody, build_rhyme_table, read_pingshui
+import yaml
+
+from tangshi_pipeline.plumbing.datasets import PackageJSONDataset
+from tangshi_pipeline.poet.prosody import EITHER, PING, ZE, Prosody, build_rhyme_table
 from tangshi_pipeline.poet.vocab import Vocab
 
 _T2S = opencc.OpenCC("t2s")
+_CATALOG = Path(__file__).resolve().parents[1] / "conf/base/catalog.yml"
+
+
+def pingshui_table() -> dict:
+    """The 平水韵 table (``{"data", "source"}``) as the catalog's ``pingshui_table`` dataset loads it."""
+    entry = yaml.safe_load(_CATALOG.read_text("utf-8"))["pingshui_table"]
+    return PackageJSONDataset(package=entry["package"], file=entry["file"]).load()
 
 
 def tiny_model(vocab_size: int, cell: str = "lstm", seed: int = 0, **kw) -> CharRNN:
@@ -24,8 +34,9 @@ def tiny_model(vocab_size: int, cell: str = "lstm", seed: int = 0, **kw) -> Char
 def pingshui_prosody() -> tuple[Vocab, Prosody, dict, dict]:
     """A vocabulary of every character of the 平水韵 table (Simplified), with a tone lexicon taken
     from the table itself: level groups → 平, oblique → 仄, both → either."""
-    table, source = read_pingshui()
-    rhyme = build_rhyme_table(table, _T2S.convert, source)
+    loaded = pingshui_table()
+    table = loaded["data"]
+    rhyme = build_rhyme_table(table, _T2S.convert, loaded["source"])
     ping = set("".join(rhyme["groups"].values()))
     ze = {_T2S.convert(c) for section in table["ze"].values() for s in section.values() for c in "".join(s)}
     chars = sorted((ping | ze) - set("，。GE"))

@@ -15,20 +15,20 @@ from tangshi_pipeline.poet.prosody import (
     build_tone_lexicon,
     check,
     format_ok,
-    read_pingshui,
     sentences,
     shape_of,
     templates,
 )
 from tests.fixtures.poems import REAL
+from tests.generate_helpers import pingshui_table
 
 T2S = opencc.OpenCC("t2s")
 
 
 @pytest.fixture(scope="module")
 def rhyme_table() -> dict:
-    table, source = read_pingshui()
-    return build_rhyme_table(table, T2S.convert, source)
+    loaded = pingshui_table()
+    return build_rhyme_table(loaded["data"], T2S.convert, loaded["source"])
 
 
 def _famous(title: str) -> tuple[str, str]:

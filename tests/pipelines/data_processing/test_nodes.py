@@ -11,6 +11,7 @@ import pytest
 from tangshi_pipeline.poet.params import ParameterError, validate_all
 from tangshi_pipeline.pipelines.data_processing.nodes import (
     CorpusFormatError,
+    build_prosody,
     build_vocab,
     clean_poems,
     flatten_corpus,
@@ -299,3 +300,11 @@ def test_flatten_classic_not_utf8_names_the_byte_offset():
         flatten_corpus(data, skip_bad_partitions=False)
     offset = len("静夜思:床前明月光。\n春晓:".encode())
     assert f"offset {offset} (line 2)" in str(err.value) and "not UTF-8" in str(err.value)
+
+
+def test_build_prosody_takes_its_rhyme_table_from_the_catalog_input():
+    clean = pd.DataFrame({"text": ["白日依山尽，黄河入海流。"], "tones": ["仄仄平平仄，平平仄仄平。"]})
+    table = {"data": {"ping": {"上平聲": {"上平聲一東": ["東同"]}}, "ze": {}}, "source": "a test table"}
+    lexicon, rhyme = build_prosody(clean, table, "t2s")
+    assert rhyme == {"source": "a test table", "tone": "平", "groups": {"上平一东": "东東同"}}
+    assert lexicon["tones"]["流"] == "平"

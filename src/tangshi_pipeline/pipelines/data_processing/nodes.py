@@ -19,7 +19,7 @@ import numpy as np
 import opencc
 import pandas as pd
 
-from tangshi_pipeline.poet.prosody import build_rhyme_table, build_tone_lexicon, read_pingshui
+from tangshi_pipeline.poet.prosody import build_rhyme_table, build_tone_lexicon
 from tangshi_pipeline.poet.vocab import Vocab
 
 from .readers import CorpusFormatError, read_chinese_poetry, read_classic
@@ -176,12 +176,13 @@ def clean_poems(poems: pd.DataFrame, ingest_report: dict, opencc_config: str, dr
     return clean, report
 
 
-def build_prosody(clean_poems: pd.DataFrame, opencc_config: str) -> tuple[dict, dict]:
+def build_prosody(clean_poems: pd.DataFrame, pingshui_table: dict, opencc_config: str) -> tuple[dict, dict]:
     """The tone lexicon from the clean poems' aligned tone marks, and the level-tone rhyme groups
-    of the 平水韵 table converted with the corpus's OpenCC config (see ``tangshi_pipeline.poet.prosody``)."""
+    of the 平水韵 table (``{"data", "source"}``) converted with the corpus's OpenCC config (see
+    ``tangshi_pipeline.poet.prosody``)."""
     lexicon = build_tone_lexicon(clean_poems["text"].tolist(), clean_poems["tones"].tolist())
-    table, source = read_pingshui()
-    return lexicon, build_rhyme_table(table, _opencc(opencc_config).convert, source)
+    table = build_rhyme_table(pingshui_table["data"], _opencc(opencc_config).convert, pingshui_table["source"])
+    return lexicon, table
 
 
 # ------------------------------------------------------------------------- frame, vocab, vectors
