@@ -30,7 +30,6 @@ where freedom would make 孤平 (the B line 平平仄仄平 needs its first 平;
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
