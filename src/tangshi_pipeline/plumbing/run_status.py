@@ -21,6 +21,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from tangshi_pipeline.atomic import write_json
+from tangshi_pipeline.plumbing.cache.describe import local_path
 
 VIZ_DIR = ".viz"
 EVENTS_FILE = "kedro_pipeline_events.json"
@@ -38,17 +39,16 @@ def _ids():
 
 
 def _file_size(dataset: Any) -> int | None:
-    for attr in ("_filepath", "_path", "filepath"):
-        value = getattr(dataset, attr, None)
-        if value:
-            path = Path(str(value))
-            try:
-                if path.is_file():
-                    return path.stat().st_size
-                if path.is_dir():
-                    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            except OSError:
-                return None
+    path = local_path(dataset)
+    try:
+        if path is None:
+            return None
+        if path.is_file():
+            return path.stat().st_size
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        pass
     return None
 
 

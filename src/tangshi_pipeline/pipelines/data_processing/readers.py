@@ -145,7 +145,7 @@ def read_chinese_poetry(partitions: dict[str, Callable[[], Any]], skip_bad: bool
     if not poem_parts:
         raise CorpusFormatError(
             "raw corpus has no readable poem partitions (poems/poet.tang.<N>.json): run `make data` "
-            "or check the raw_corpus path in conf/base/catalog.yml."
+            "or check the path of the raw_corpus dataset in the catalog."
         )
     tones = {pid: tone for _, part in strain_parts for pid, tone in part.items()}
     ids, authors, titles, texts, sources = [], [], [], [], []
