@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
 from tangshi_pipeline.poet.batching import Buckets, split_sequences  # noqa: E402
-from tangshi_pipeline.poet.model import ModelConfig  # noqa: E402
-from tangshi_pipeline.poet.params import TrainingParams  # noqa: E402
 from tangshi_pipeline.poet.devices import resolve_device, torch_settings  # noqa: E402
+from tangshi_pipeline.poet.model import ModelConfig  # noqa: E402
 from tangshi_pipeline.poet.objective import evaluate  # noqa: E402
+from tangshi_pipeline.poet.params import TrainingParams  # noqa: E402
 from tangshi_pipeline.poet.training import fit  # noqa: E402
 from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 

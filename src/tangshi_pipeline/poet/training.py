@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import InitVar, asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import torch
