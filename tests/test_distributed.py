@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from tangshi_pipeline.poet.batching import Buckets
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
-from tangshi_pipeline.poet.distributed import GroupComm
+from tangshi_pipeline.poet.distributed import ONE_PROCESS, GroupComm
 from tangshi_pipeline.poet.model import Artifact
 from tangshi_pipeline.poet.training import NonFiniteLoss, fit
 from tangshi_pipeline.poet.vocab import END_ID, START_ID
@@ -177,6 +177,16 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(two_ranks):
     for r in range(WORLD):  # the same error on both ranks (not a collective failing on rank 0)
         outcome = json.loads((two_ranks / f"nan-rank{r}.json").read_text())["outcome"]
         assert "non-finite" in outcome and kept[0].name in outcome, outcome
+
+
+def test_one_process_comm_does_nothing():
+    """fit's loop reads the same on one process: every collective of the plain Comm is an identity."""
+    comm, module = ONE_PROCESS, torch.nn.Linear(2, 1)
+    assert (comm.rank, comm.world, comm.local_world, comm.device) == (0, 1, 1, None)
+    assert comm.all_sum(2.5) == 2.5 and comm.any(True) and not comm.any(False)
+    assert comm.agree(5, over=True, due=False, bad=True) == (True, False, True)
+    assert comm.wrap(module) is module and comm.gather_rng() == {} and comm.alone() is comm
+    comm.barrier()
 
 
 TEARDOWN = """
