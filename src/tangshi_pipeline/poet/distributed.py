@@ -49,7 +49,6 @@ if dist.is_available():
     # "terminate called without an active exception"). Imported now, the defaults are None.
     import torch.distributed.nn  # noqa: F401
 
-log = logging.getLogger(__name__)
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a rank (validation runs on rank 0 alone)
 AGREE_EVERY = 16  # steps between the ranks' agreement on stopping, checkpointing and a non-finite loss
 

@@ -49,6 +49,8 @@ HISTORY_COLUMNS = ["epoch", "step", "tokens", "elapsed_s", "train_loss", "val_lo
 
 @dataclass
 class Result:
+    """What :func:`fit` ends with: the model (on its device), where the run is, why it stopped."""
+
     model: CharRNN
     position: Position
     stopped: str  # "finished" | "budget"
