@@ -2,7 +2,7 @@
 
 Each configuration trains the default model (``conf/base/parameters_training.yml``) on the full
 corpus's train split for ``--seconds`` of wall time, started through the same path as
-``training.world_size`` (``distributed.spawn_fit``: ranks spawned on this machine, gloo on the CPU,
+``training.world_size`` (``training.train_poet``: ranks spawned on this machine, gloo on the CPU,
 nccl on CUDA), without checkpoints or validation. tokens/s = predicted tokens over all ranks /
 training wall time (start-up excluded). On the CPU the cores are shared: ``R ranks × T threads``.
 
@@ -25,10 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
-from tangshi_pipeline.poet.batching import split_sequences  # noqa: E402
-from tangshi_pipeline.poet.distributed import spawn_fit  # noqa: E402
-from tangshi_pipeline.poet.model import ModelConfig  # noqa: E402
 from tangshi_pipeline.poet.params import TrainingParams  # noqa: E402
+from tangshi_pipeline.poet.training import train_poet  # noqa: E402
 from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 
 
@@ -46,7 +44,7 @@ def main() -> None:
     base = yaml.safe_load((ROOT / "conf/base/parameters_training.yml").read_text("utf-8"))["training"]
     base |= {"max_minutes": args.seconds / 60, "checkpoint_minutes": None, "device": args.device, "resume": False,
              "epochs": 1000, **({"batch_size": args.batch_size} if args.batch_size else {})}
-    train = split_sequences(vectors, "train")
+    train = vectors[vectors["split"] == "train"]  # no validation split: nothing evaluated at the end
     cores = len(os.sched_getaffinity(0))
     runs = []
     for world in (int(r) for r in args.ranks.split(",")):
@@ -54,15 +52,14 @@ def main() -> None:
         for threads in threads_options:
             if threads < 1:
                 continue
-            p = TrainingParams(**{**base, "world_size": world, "threads": threads})
-            config = ModelConfig(len(vocab), p.cell, p.embedding_dim, p.hidden_dim, p.num_layers, p.dropout)
-            result = spawn_fit(config, vocab.fingerprint, train, [], p, None, threads, 64)
-            pos = result.position
-            runs.append({"ranks": world, "threads_per_rank": threads, "steps": pos.global_step,
-                         "tokens": pos.tokens, "seconds": round(pos.elapsed_s, 1),
-                         "tokens_per_s": round(pos.tokens / pos.elapsed_s)})
+            # training.threads: the machine's threads, shared by its ranks
+            p = TrainingParams(**{**base, "world_size": world, "threads": threads * world})
+            done = train_poet(train, vocab, p, None)[0].meta["training"]
+            runs.append({"ranks": world, "threads_per_rank": threads, "steps": done["steps"],
+                         "tokens": done["tokens"], "seconds": done["elapsed_s"],
+                         "tokens_per_s": round(done["tokens"] / done["elapsed_s"])})
             print(f"{world} rank(s) × {threads} thread(s): {runs[-1]['tokens_per_s']:,} tokens/s "
-                  f"({pos.global_step} steps of {world} × {p.batch_size} poems)", flush=True)
+                  f"({done['steps']} steps of {world} × {p.batch_size} poems)", flush=True)
     # the ratio is against the best single-process figure (on a busy CPU, 1 thread can beat all cores)
     base_rate = max((r["tokens_per_s"] for r in runs if r["ranks"] == 1), default=runs[0]["tokens_per_s"])
     table = [(f"{r['ranks']} rank(s) × {r['threads_per_rank']} thread(s), {args.device}",

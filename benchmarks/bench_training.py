@@ -32,9 +32,11 @@ from classic_baseline import ClassicPoet, train_classic  # noqa: E402
 from common import write_results  # noqa: E402
 
 from tangshi_pipeline.poet.batching import Buckets, split_sequences  # noqa: E402
+from tangshi_pipeline.poet.devices import set_threads  # noqa: E402
 from tangshi_pipeline.poet.model import ModelConfig  # noqa: E402
+from tangshi_pipeline.poet.objective import evaluate  # noqa: E402
 from tangshi_pipeline.poet.params import TrainingParams  # noqa: E402
-from tangshi_pipeline.poet.training import evaluate, fit, set_threads  # noqa: E402
+from tangshi_pipeline.poet.training import fit  # noqa: E402
 from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 
 

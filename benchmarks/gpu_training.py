@@ -34,9 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_results  # noqa: E402
 
 from tangshi_pipeline.poet.batching import Buckets, split_sequences  # noqa: E402
+from tangshi_pipeline.poet.devices import resolve_device, torch_settings  # noqa: E402
 from tangshi_pipeline.poet.model import ModelConfig  # noqa: E402
+from tangshi_pipeline.poet.objective import evaluate  # noqa: E402
 from tangshi_pipeline.poet.params import TrainingParams  # noqa: E402
-from tangshi_pipeline.poet.training import evaluate, fit, resolve_device, set_threads  # noqa: E402
+from tangshi_pipeline.poet.training import fit  # noqa: E402
 from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 
 
@@ -110,8 +112,11 @@ def main() -> None:
     ap.add_argument("--skip-candidates", action="store_true", help="quality run of the default only")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        set_threads(0)
+    with torch_settings(device, threads=0):  # TF32 matmuls on CUDA, one thread per idle core on the CPU
+        run(args, device)
+
+
+def run(args: argparse.Namespace, device: torch.device) -> None:
     vectors = pd.read_parquet(ROOT / "data/05_model_input/vectors.parquet")
     vocab = Vocab.from_json(json.loads((ROOT / "data/05_model_input/vocab.json").read_text("utf-8")))
     train = split_sequences(vectors, "train")

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from tangshi_pipeline.poet.batching import Buckets
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
+from tangshi_pipeline.poet.distributed import ONE_PROCESS, GroupComm
 from tangshi_pipeline.poet.model import Artifact
 from tangshi_pipeline.poet.training import NonFiniteLoss, fit
 from tangshi_pipeline.poet.vocab import END_ID, START_ID
@@ -36,7 +37,7 @@ def sequences():
 
 
 def run_ranks(target, *args, timeout=90):
-    """Run ``target(rank, *args)`` on WORLD spawned processes joined in a gloo group on 127.0.0.1."""
+    """Run ``target(comm, *args)`` on WORLD spawned processes joined in a gloo group on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -58,34 +59,36 @@ def _rank(rank, port, target, args):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
     try:
-        target(rank, *args)
+        target(GroupComm(torch.device("cpu"), WORLD), *args)
     finally:
         dist.destroy_process_group()
 
 
-def _one_step(rank, optimizer, out):
+def _one_step(comm, optimizer, out):
     grads = {}
 
     def grab(pos, model):
         grads.update({f"grad.{n}": q.grad.clone() for n, q in model.named_parameters()})
 
     p = step_params(optimizer, batch_size=4, world_size=WORLD)
-    result = fit(config(p), "fp", Buckets(sequences(), 4), None, p, None, CPU, on_step=grab)
+    result = fit(config(p), "fp", Buckets(sequences(), 4), None, p, None, CPU, on_step=grab, comm=comm)
     assert result.position.global_step == 1 and result.position.tokens == 4 * 4 + 4 * 8
     weights = {f"weight.{k}": v for k, v in result.model.state_dict().items()}
-    save_file({**weights, **grads}, Path(out) / f"{optimizer}-rank{rank}.safetensors")
+    save_file({**weights, **grads}, Path(out) / f"{optimizer}-rank{comm.rank}.safetensors")
 
 
-def _resume(rank, out):
+def _resume(comm, out):
     # dropout > 0: each rank's masks come from its own RNG, which the checkpoint keeps for every rank
     p = params(epochs=2, batch_size=4, dropout=0.3, world_size=WORLD)
     seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
             for i in range(30)]
     # a train-loss row every 3 steps: the window of one spans the checkpoint (4 steps per epoch)
-    straight = fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "a"), CPU, log_every=3)
+    straight = fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "a"), CPU, log_every=3,
+                   comm=comm)
     store = CheckpointStore(Path(out) / "b")
-    first = fit(config(p), "fp", Buckets(seqs, 4), None, p.model_copy(update={"epochs": 1}), store, CPU, log_every=3)
-    resumed = fit(config(p), "fp", Buckets(seqs, 4), None, p, store, CPU, log_every=3)
+    first = fit(config(p), "fp", Buckets(seqs, 4), None, p.model_copy(update={"epochs": 1}), store, CPU, log_every=3,
+                comm=comm)
+    resumed = fit(config(p), "fp", Buckets(seqs, 4), None, p, store, CPU, log_every=3, comm=comm)
     report = {"first_resumed_from": first.resumed_from, "resumed_from": resumed.resumed_from,
               "first_steps": first.position.global_step,
               "same_weights": all(torch.equal(v, resumed.model.state_dict()[k])
@@ -94,10 +97,11 @@ def _resume(rank, out):
               "resumed_rows": [(h["kind"], h["step"]) for h in resumed.position.history],
               "straight_loss": [h["train_loss"] for h in straight.position.history],
               "resumed_loss": [h["train_loss"] for h in resumed.position.history]}
-    (Path(out) / f"resume-rank{rank}.json").write_text(json.dumps(report))
+    (Path(out) / f"resume-rank{comm.rank}.json").write_text(json.dumps(report))
 
 
-def _non_finite(rank, out):
+def _non_finite(comm, out):
+    rank = comm.rank
     p = params(epochs=3, batch_size=4, dropout=0.0, checkpoint_every=1, world_size=WORLD)
     seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
             for i in range(40)]
@@ -110,18 +114,19 @@ def _non_finite(rank, out):
             time.sleep(0.6)  # its own ~0.5 s check comes first: stopping alone would strand rank 0
 
     try:
-        fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "nan"), CPU, on_step=poison)
+        fit(config(p), "fp", Buckets(seqs, 4), None, p, CheckpointStore(Path(out) / "nan"), CPU, on_step=poison,
+            comm=comm)
         outcome = "finished"
     except NonFiniteLoss as exc:
         outcome = str(exc)
     (Path(out) / f"nan-rank{rank}.json").write_text(json.dumps({"outcome": outcome}))
 
 
-def _all_checks(rank, out):
+def _all_checks(comm, out):
     for optimizer in ("adamw", "rmsprop"):
-        _one_step(rank, optimizer, out)
-    _resume(rank, out)
-    _non_finite(rank, out)
+        _one_step(comm, optimizer, out)
+    _resume(comm, out)
+    _non_finite(comm, out)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +177,16 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(two_ranks):
     for r in range(WORLD):  # the same error on both ranks (not a collective failing on rank 0)
         outcome = json.loads((two_ranks / f"nan-rank{r}.json").read_text())["outcome"]
         assert "non-finite" in outcome and kept[0].name in outcome, outcome
+
+
+def test_one_process_comm_does_nothing():
+    """fit's loop reads the same on one process: every collective of the plain Comm is an identity."""
+    comm, module = ONE_PROCESS, torch.nn.Linear(2, 1)
+    assert (comm.rank, comm.world, comm.local_world, comm.device) == (0, 1, 1, None)
+    assert comm.all_sum(2.5) == 2.5 and comm.any(True) and not comm.any(False)
+    assert comm.agree(5, over=True, due=False, bad=True) == (True, False, True)
+    assert comm.wrap(module) is module and comm.gather_rng() == {} and comm.alone() is comm
+    comm.barrier()
 
 
 TEARDOWN = """

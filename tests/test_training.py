@@ -14,9 +14,10 @@ import torch
 
 from tangshi_pipeline.poet.batching import Buckets
 from tangshi_pipeline.poet.checkpoints import CheckpointError, CheckpointStore
+from tangshi_pipeline.poet.devices import resolve_device
 from tangshi_pipeline.poet.model import ModelConfig
 from tangshi_pipeline.poet.params import ParameterError, TrainingParams
-from tangshi_pipeline.poet.training import fit, resolve_device
+from tangshi_pipeline.poet.training import fit
 from tangshi_pipeline.poet.vocab import END_ID, START_ID
 from tests.conftest import shipped_params
 

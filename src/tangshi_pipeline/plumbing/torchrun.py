@@ -1,8 +1,9 @@
 """The torchrun entry point: ``torchrun --nproc_per_node=N -m tangshi_pipeline.plumbing.torchrun
 [--params=...] [--env=...] [--project=...]``.
 
-Every rank runs only the ``train`` node, reading its inputs through the Kedro catalog; rank 0 saves
-``model`` and ``training_history`` through the catalog, holding the project lock while it does.
+Every rank runs only training (:func:`~tangshi_pipeline.poet.training.train_poet`, what the ``train``
+node runs), reading its inputs through the Kedro catalog; rank 0 saves ``model`` and
+``training_history`` through the catalog, holding the project lock while it does.
 torchrun's ``--nnodes`` and rendezvous options spread the ranks over machines (README,
 "Distributed training"). Rank 0 takes the project lock before the process group is formed, so a
 run it cannot start never leaves the other ranks waiting in a collective.
@@ -17,12 +18,11 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from tangshi_pipeline.plumbing.cache import project_lock
-from tangshi_pipeline.poet.distributed import TIMEOUT, backend, rank_device, stop_with_parent
-from tangshi_pipeline.poet.params import TrainingParams
+from tangshi_pipeline.poet.distributed import process_group, stop_with_parent
+from tangshi_pipeline.poet.params import TrainingParams, parse
+from tangshi_pipeline.poet.training import train_poet
+from tangshi_pipeline.poet.vocab import Vocab
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _runtime_params(text: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """torchrun entry point: every rank runs the ``train`` node only; rank 0 saves its outputs."""
+    """torchrun entry point: every rank trains (as the ``train`` node does); rank 0 saves the outputs."""
     parser = argparse.ArgumentParser(prog="torchrun ... -m tangshi_pipeline.plumbing.torchrun", description=main.__doc__)
     parser.add_argument("--params", help="parameter overrides, as kedro run --params: training.epochs=3,...")
     parser.add_argument("--env", help="Kedro configuration environment")
@@ -61,15 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from tangshi_pipeline.poet.params import parse
-    from tangshi_pipeline.pipelines.training.nodes import train
-    from tangshi_pipeline.poet.training import _idle_cores
-
     project = Path(args.project).resolve()
     bootstrap_project(project)
     overrides = _runtime_params(args.params)
-    training = overrides.setdefault("training", {})
-    training["world_size"] = world  # recorded in the checkpoints and the model's metadata
+    overrides.setdefault("training", {})["world_size"] = world  # recorded in the checkpoints and the model
     # rank 0 writes the checkpoints and the model: it holds the project lock as `kedro run` does
     lock = project_lock(project, f"torchrun training ({world} ranks)") if rank == 0 else contextlib.nullcontext()
     with lock, KedroSession.create(project_path=project, env=args.env, runtime_params=overrides) as session:
@@ -78,25 +73,14 @@ def main(argv: list[str] | None = None) -> None:
             for name in ("kedro", "tangshi_pipeline"):
                 logging.getLogger(name).setLevel(logging.WARNING)
         p = parse(TrainingParams, "training", catalog.load("params:training"))
-        device = rank_device(p, local_rank)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        elif not p.threads:  # share the idle cores between this machine's ranks
-            idle = _idle_cores()
-            training["threads"] = max(1, int((idle if idle is not None else os.cpu_count() or 1) // local_world))
-        dist.init_process_group(backend(device), timeout=TIMEOUT)
-        try:
-            params = {**catalog.load("params:training"), **training}
-            model, history = train(catalog.load("vectors"), catalog.load("vocab"), params,
-                                   catalog.load("training_checkpoints"))
-            if rank == 0:
+        with process_group(p.device, local_rank, local_world) as comm:
+            model, history = train_poet(catalog.load("vectors"), Vocab.from_json(catalog.load("vocab")), p,
+                                        catalog.load("training_checkpoints"), comm)
+            if comm.rank == 0:
                 catalog.save("model", model)
                 catalog.save("training_history", history)
                 log.info("saved model and training_history; evaluate and plot with "
                          "kedro run --pipelines=training --tags=evaluation")
-        finally:
-            dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,12 +1,15 @@
-"""Data-parallel training with torch.distributed: the ranks, their devices, and two ways to start them.
+"""Data-parallel training with torch.distributed: the communication object, and starting ranks.
 
-:func:`fit` trains data-parallel by itself inside a process group (each rank its share of the
-batches, gradients averaged by DistributedDataParallel, rank 0 writing checkpoints). This module
-starts the group:
+:func:`~tangshi_pipeline.poet.training.fit` talks to the other ranks only through a :class:`Comm`.
+The plain :class:`Comm` is a process training alone: its collectives are identities, so the loop
+reads the same on one process as on many. :class:`GroupComm` is a rank of a process group
+(gradients averaged by DistributedDataParallel, sums all-reduced, rank 0 writing checkpoints).
 
-- :func:`spawn_fit`: ``training.world_size > 1`` makes the ``train`` node start that many ranks on
-  this machine (one per GPU with ``nccl``; processes with ``gloo`` on the CPU); rank 0 hands the
-  model back to the node and Kedro saves it once.
+Ranks join their group through :func:`process_group`, started in one of two ways:
+
+- :func:`spawn`: ``training.world_size > 1`` makes :func:`~tangshi_pipeline.poet.training.train_poet`
+  start that many ranks on this machine (one per GPU with ``nccl``; processes with ``gloo`` on the
+  CPU); rank 0 hands the model back and Kedro saves it once.
 - torchrun (``tangshi_pipeline.plumbing.torchrun``): torchrun starts the ranks, one per GPU, on
   one or several machines; each reads its inputs through the Kedro catalog.
 
@@ -15,8 +18,8 @@ Either way a rank stops, as on Ctrl-C, when its launcher dies (:func:`stop_with_
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -25,40 +28,186 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from tangshi_pipeline.poet.batching import Buckets
-from tangshi_pipeline.poet.checkpoints import CheckpointStore
-from tangshi_pipeline.poet.model import CharRNN, ModelConfig
-from tangshi_pipeline.poet.params import ParameterError, TrainingParams
-from tangshi_pipeline.poet.training import Position, Result, fit, resolve_device
+from tangshi_pipeline.poet.devices import resolve_device
+from tangshi_pipeline.poet.model import Artifact, load_artifact, save_artifact
+from tangshi_pipeline.poet.params import ParameterError
 
-log = logging.getLogger(__name__)
+if dist.is_available():
+    # Imported here, before any process group exists, on purpose. Its functions take
+    # ``group=group.WORLD`` as a default argument, evaluated on first import — which
+    # DistributedDataParallel triggers lazily. Imported inside a group, those defaults keep the
+    # group alive for ever: destroy_process_group then leaves gloo's worker threads running, and
+    # one still freeing a collective's tensor when Python exits aborts the rank (SIGABRT,
+    # "terminate called without an active exception"). Imported now, the defaults are None.
+    import torch.distributed.nn  # noqa: F401
+
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a rank (validation runs on rank 0 alone)
+AGREE_EVERY = 16  # steps between the ranks' agreement on stopping, checkpointing and a non-finite loss
 
 
-def rank_device(p: TrainingParams, local_rank: int) -> torch.device:
-    """The device of a rank: GPU ``local_rank`` on CUDA, else the CPU."""
-    device = resolve_device(p.device)
-    if device.type == "cuda":
+class Comm:
+    """A process training alone: no other rank takes part, so every collective is an identity.
+
+    That is all there is on one process. A rank of a group uses one too (:meth:`alone`) when the
+    others may be gone: after Ctrl-C, rank 0 saves what it has without waiting for them.
+    """
+
+    device: torch.device | None = None  # the device collectives use (None: no collectives)
+
+    def __init__(self, rank: int = 0):
+        self.rank, self.world, self.local_world = rank, 1, 1
+
+    def __str__(self) -> str:
+        return "one process"
+
+    def all_sum(self, x: float) -> float:
+        """``x`` summed over the ranks."""
+        return x
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank."""
+        return flag
+
+    def agree(self, step: int, over: bool, due: bool, bad: bool) -> tuple[bool, bool, bool]:
+        """At ``step``: (rank 0's budget spent, rank 0's checkpoint due, a non-finite loss on any
+        rank), the same on every rank, so all stop or checkpoint at the same step."""
+        return over, due, bad
+
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+
+    def gather_rng(self) -> dict[str, torch.Tensor]:
+        """The other ranks' RNG states, for rank 0's checkpoint (each rank's dropout masks differ)."""
+        return {}
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` with its gradients averaged over the ranks on ``backward``."""
+        return module
+
+    def alone(self) -> Comm:
+        """This rank, acting without the others."""
+        return self
+
+
+ONE_PROCESS = Comm()
+
+
+class GroupComm(Comm):
+    """A rank of the default ``torch.distributed`` process group (see :func:`process_group`)."""
+
+    def __init__(self, device: torch.device, local_world: int):
+        super().__init__(dist.get_rank())
+        self.world, self.local_world, self.device = dist.get_world_size(), local_world, device
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} of {self.world}"
+
+    def all_sum(self, x: float) -> float:
+        t = torch.tensor(x, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.item()
+
+    def any(self, flag: bool) -> bool:
+        return self.all_sum(float(flag)) > 0
+
+    def agree(self, step: int, over: bool, due: bool, bad: bool) -> tuple[bool, bool, bool]:
+        """Every ``AGREE_EVERY`` steps (one all-reduce; rank 0's clock decides), else nothing."""
+        if step % AGREE_EVERY:
+            return False, False, False
+        first = self.rank == 0
+        flags = torch.tensor([over and first, due and first, bad], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1]), bool(flags[2])
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def gather_rng(self) -> dict[str, torch.Tensor]:
+        states = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.cuda.get_rng_state()
+        out = {}
+        for name, state in states.items():
+            gathered = [torch.empty_like(state, device=self.device) for _ in range(self.world)]
+            dist.all_gather(gathered, state.to(self.device))
+            out |= {f"rng.{name}.rank{r}": g.cpu() for r, g in enumerate(gathered) if r}
+        return out
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def alone(self) -> Comm:
+        return Comm(self.rank)
+
+
+@contextlib.contextmanager
+def process_group(device: str, local_rank: int, local_world: int, init_method: str = "env://",
+                  rank: int = -1, world: int = -1) -> Iterator[GroupComm]:
+    """Join the process group as the rank using GPU ``local_rank`` (or the CPU); left at the end.
+    ``env://``: rank, world size and rendezvous from the environment (as torchrun sets it)."""
+    where = rank_device(device, local_rank)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
+    dist.init_process_group(backend(where), init_method=init_method, rank=rank, world_size=world, timeout=TIMEOUT)
+    try:
+        yield GroupComm(where, local_world)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(world: int, device: str, target: Callable[..., Artifact], args: tuple) -> Artifact:
+    """Run ``target(comm, *args)`` on ``world`` ranks started on this machine (one per GPU on CUDA,
+    gloo processes on the CPU), each in the process group; the model rank 0's returns, handed back
+    through a temporary folder (saved and loaded as any model artifact)."""
+    import torch.multiprocessing as mp
+
+    rank_device(device, world - 1)  # enough GPUs? (a clear error here rather than from a rank)
+    with tempfile.TemporaryDirectory(prefix="tangshi-ddp-") as out:
+        mp.spawn(_spawned_rank, args=(world, free_port(), device, target, args, out), nprocs=world, join=True)
+        return load_artifact(out)
+
+
+def _spawned_rank(rank: int, world: int, port: int, device: str, target: Callable[..., Artifact], args: tuple,
+                  out: str) -> None:
+    stop_with_parent()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s rank {rank}/{world} %(name)s: %(message)s")
+    with process_group(device, rank, world, f"tcp://127.0.0.1:{port}", rank, world) as comm:
+        artifact = target(comm, *args)
+        if comm.rank == 0:
+            save_artifact(Path(out), artifact)
+
+
+def rank_device(device: str, local_rank: int) -> torch.device:
+    """The device of a rank (``device``: ``training.device``): GPU ``local_rank`` on CUDA, else the CPU."""
+    where = resolve_device(device)
+    if where.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ParameterError(f"{local_rank + 1} ranks on this machine need as many GPUs, it has "
                                  f"{torch.cuda.device_count()}; lower training.world_size (or --nproc_per_node).")
         return torch.device("cuda", local_rank)
-    if device.type != "cpu":
-        raise ParameterError(f"distributed training runs on CUDA or the CPU, not {device.type}; "
+    if where.type != "cpu":
+        raise ParameterError(f"distributed training runs on CUDA or the CPU, not {where.type}; "
                              f"set training.device to cpu or training.world_size to 1.")
-    return device
+    return where
 
 
 def backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stop_with_parent(grace_s: float = 60.0, interval_s: float = 1.0) -> None:
@@ -101,55 +250,3 @@ def _parent_death_signal() -> int:
     except (OSError, AttributeError):
         return 0
     return value.value if ok else 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn_fit(config: ModelConfig, vocab_fingerprint: str, train: list[np.ndarray], val: list[np.ndarray],
-              p: TrainingParams, store: CheckpointStore | None, threads: int, eval_batch: int) -> Result:
-    """Train on ``p.world_size`` ranks started on this machine; rank 0's result (model on the CPU)."""
-    import torch.multiprocessing as mp
-
-    p = TrainingParams.model_validate(p.model_dump())  # plain values for the ranks (a node may get a subclass)
-    rank_device(p, p.world_size - 1)  # enough GPUs? (a clear error here rather than from a rank)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(free_port())
-    with tempfile.TemporaryDirectory(prefix="tangshi-ddp-") as out:
-        job = (config, vocab_fingerprint, train, val, p, store, threads, eval_batch, out)
-        mp.spawn(_spawned_rank, args=(p.world_size, job), nprocs=p.world_size, join=True)
-        from safetensors.torch import load_file
-
-        model = CharRNN(config)
-        model.load_state_dict(load_file(Path(out) / "model.safetensors"))
-        result = json.loads((Path(out) / "result.json").read_text("utf-8"))
-    return Result(model, Position(**result["position"]), result["stopped"], result["resumed_from"])
-
-
-def _spawned_rank(rank: int, world: int, job: tuple) -> None:
-    config, fingerprint, train_seqs, val_seqs, p, store, threads, eval_batch, out = job
-    stop_with_parent()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s rank {rank}/{world} %(name)s: %(message)s")
-    device = rank_device(p, rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    torch.set_num_threads(threads)
-    dist.init_process_group(backend(device), rank=rank, world_size=world, timeout=TIMEOUT)
-    try:
-        train = Buckets(train_seqs, p.batch_size, device)
-        val = Buckets(val_seqs, eval_batch, device) if val_seqs else None
-        result = fit(config, fingerprint, train, val, p, store, device)
-        if rank == 0:
-            from safetensors.torch import save_file
-
-            save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
-                      Path(out) / "model.safetensors")
-            (Path(out) / "result.json").write_text(json.dumps(
-                {"position": asdict(result.position), "stopped": result.stopped,
-                 "resumed_from": result.resumed_from}), "utf-8")
-    finally:
-        dist.destroy_process_group()
