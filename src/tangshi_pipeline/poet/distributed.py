@@ -210,7 +210,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_with_parent(grace_s: float = 60.0, interval_s: float = 1.0) -> None:
+def stop_with_parent(grace_s: float = 10.0, interval_s: float = 1.0) -> None:
     """Stop this rank, as on Ctrl-C, when the process that started it dies.
 
     ``kill -9`` of torchrun (or of the ``kedro run`` whose train node spawned the ranks) gives it no
