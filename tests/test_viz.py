@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lay_out_project
+from tests.helpers import KEDRO, ROOT, kedro_env, lay_out_project
+from tests.studio.browser import chromium
 
-ROOT = Path(__file__).resolve().parents[1]
-KEDRO = str(Path(sys.executable).with_name("kedro"))
 DP_CHAIN = ["raw_corpus", "data_processing.flatten", "poems", "data_processing.clean", "clean_poems",
             "data_processing.frame", "framed_poems", "data_processing.build_vocab", "vocab",
             "data_processing.vectorize", "vectors"]
@@ -262,7 +261,7 @@ def test_viz_starts_with_the_network_unreachable(viz_project, viz_url):
     out = subprocess.run(
         ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1" "$2" "$3"', sys.executable,
          ISOLATED_CHECK, KEDRO, str(_free_port())],
-        cwd=root, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"},
+        cwd=root, env=kedro_env(),
         capture_output=True, text=True, timeout=300)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["main"] > 10 and result["index"] is True
@@ -298,10 +297,6 @@ def test_make_viz_build_writes_its_site_apart_from_the_package_build(viz_project
 # ------------------------------------------------------------------------ real browser
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _cdp_page(port: int, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -316,14 +311,14 @@ def _cdp_page(port: int, timeout: float = 30) -> str:
     raise RuntimeError("Chromium's DevTools endpoint did not come up")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it)")
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it)")
 def test_browser_renders_the_pipeline(viz_url, tmp_path):
     from websockets.sync.client import connect
 
     profile = tmp_path / "chromium-profile"
     port = _free_port()
     browser = subprocess.Popen([
-        _chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--no-default-browser-check",
         "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
         "--remote-allow-origins=*", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",

@@ -8,7 +8,7 @@ import pytest
 
 from tangshi_pipeline.poet.params import ParameterError
 from tangshi_pipeline.poet.prosody import clauses, format_ok
-from tests.generate_helpers import save_model
+from tests.helpers_models import save_model
 
 
 @pytest.fixture
