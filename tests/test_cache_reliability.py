@@ -3,7 +3,7 @@ or cannot be written, the project installed from a wheel, and runs that go witho
 
 In-process runs go through the project's SESSION_CLASS (``tests.test_cache.run``); the scenarios a
 user meets at a shell run the real ``kedro`` command (or ``python -m tangshi_pipeline``) in the
-throw-away project of ``tests/conftest.py``.
+throw-away project of ``tests/helpers.py``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import pytest
 
 from tangshi_pipeline import atomic
 from tangshi_pipeline.plumbing.cache import CachedRunner
-from tests.conftest import ROOT, lay_out_project
+from tests.helpers import ROOT, kedro, kedro_env, lay_out_project, one_line
 from tests.test_cache import DP, report, run
 
-KEDRO = str(Path(sys.executable).with_name("kedro"))
 LOCK_WAIT_ENV = "TANGSHI_LOCK_WAIT"  # seconds a run waits for another run's lock
 HOLD_LOCK = """
 import sys
@@ -38,21 +37,16 @@ with project_lock(sys.argv[1], "a test holding the lock", wait_s=0):
 """
 
 
-def shell_env(**extra: str) -> dict:
-    return {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400", **extra}
-
-
 def kedro_run(cwd: Path, *args: str, **env: str) -> tuple[int, str]:
     """``kedro run <args>`` in ``cwd``: (exit code, output with whitespace runs folded)."""
-    done = subprocess.run([KEDRO, "run", *args], cwd=cwd, env=shell_env(**env), capture_output=True,
-                          text=True, timeout=300)
-    return done.returncode, " ".join((done.stdout + done.stderr).split())
+    done = kedro(cwd, "run", *args, **env)
+    return done.returncode, one_line(done)
 
 
 def hold_lock(project_path: Path) -> subprocess.Popen:
     """Another process holding the project lock until a line on its stdin; returns once it holds it."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(project_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=shell_env())
+                              stdout=subprocess.PIPE, text=True, env=kedro_env())
     for line in holder.stdout:  # Kedro's start-up log lines come first
         if line.strip() == "locked":
             return holder
@@ -302,8 +296,7 @@ def deployed(tmp_path):
     shutil.copytree(ROOT / "conf", source / "conf", ignore=shutil.ignore_patterns("local"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    built = subprocess.run([KEDRO, "package"], cwd=source, env=shell_env(), capture_output=True, text=True,
-                           timeout=300)
+    built = kedro(source, "package")
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     wheel = next((source / "dist").glob("tangshi_pipeline-*.whl"))
     if not os.access(sys.prefix, os.W_OK):
@@ -319,7 +312,7 @@ def deployed(tmp_path):
 
 def test_an_installed_wheel_reruns_a_node_edited_in_the_installed_copy(tmp_path, deployed):
     project = lay_out_project(tmp_path / "project")
-    env = shell_env(PYTHONPATH=str(deployed))
+    env = kedro_env(PYTHONPATH=str(deployed))
     located = subprocess.check_output([sys.executable, "-c", LOCATE_FRAME], cwd=project, env=env, text=True)
     package_file, node, source_file, function = located.strip().splitlines()[-4:]
     assert Path(package_file).is_relative_to(deployed)  # the installed copy, not the editable source
@@ -328,7 +321,7 @@ def test_an_installed_wheel_reruns_a_node_edited_in_the_installed_copy(tmp_path,
     def python_m_run() -> str:
         done = subprocess.run([sys.executable, "-m", "tangshi_pipeline", "--pipelines=data_processing"],
                               cwd=project, env=env, capture_output=True, text=True, timeout=300)
-        log = " ".join((done.stdout + done.stderr).split())
+        log = one_line(done)
         assert done.returncode == 0, log[-3000:]
         return log
 

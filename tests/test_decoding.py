@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tangshi_pipeline.poet.decoding import Decoder, Settings, greedy_refeed
 from tangshi_pipeline.poet.prosody import FORMS, check, clauses, format_ok
-from tests.generate_helpers import pingshui_prosody, tiny_model
+from tests.helpers_models import pingshui_prosody, tiny_model
 
 BEGINS = list("日红山夜湖君月")
 

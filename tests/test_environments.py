@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 
-from tests.conftest import nest
+from tests.helpers import nest
 
 TINY = {"training.embedding_dim": 8, "training.hidden_dim": 16, "training.num_layers": 1,
         "training.epochs": 1, "training.max_minutes": None, "training.device": "cpu",

@@ -4,17 +4,12 @@ one line, and where the poems are at the end. Each test runs `kedro` in a throw-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import lay_out_project
+from tests.helpers import kedro, lay_out_project
 
-KEDRO = str(Path(sys.executable).with_name("kedro"))
-ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "COLUMNS": "300"}
 TINY = ("training.embedding_dim=8,training.hidden_dim=16,training.num_layers=1,training.epochs=1,"
         "training.max_minutes=null,training.device=cpu,training.batch_size=4,training.threads=1,"
         "generate.begin_words=[日]")
@@ -26,8 +21,7 @@ def root(tmp_path) -> Path:
 
 
 def kedro_run(root: Path, *args: str) -> tuple[int, str]:
-    result = subprocess.run([KEDRO, "run", *args], cwd=root, env=ENV, capture_output=True, text=True,
-                            timeout=300)
+    result = kedro(root, "run", *args)
     return result.returncode, result.stdout + result.stderr
 
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import KEDRO, ROOT
 
 
 def test_telemetry_consent_is_false_in_the_committed_project():
@@ -26,9 +24,8 @@ def _can_isolate_network() -> bool:
 
 @pytest.mark.skipif(not _can_isolate_network(), reason="cannot create a network namespace here (unshare -n)")
 def test_data_processing_runs_with_no_network_at_all(project):
-    kedro = str(Path(sys.executable).with_name("kedro"))
     env = {k: v for k, v in os.environ.items() if k != "KEDRO_DISABLE_TELEMETRY"}  # rely on .telemetry
-    result = subprocess.run(["unshare", "-n", kedro, "run", "--pipeline=data_processing"], cwd=project.path,
+    result = subprocess.run(["unshare", "-n", KEDRO, "run", "--pipeline=data_processing"], cwd=project.path,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert (project.path / "data/05_model_input/vectors.parquet").is_file()

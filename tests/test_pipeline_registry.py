@@ -1,24 +1,19 @@
 """Pipelines fit Kedro's conventions: a pipeline made with `kedro pipeline create` joins the default
 run, every node has a tag, and each pipeline is a namespace that `--namespaces` selects.
 
-The CLI tests run `kedro` in a throw-away copy of the project (``tests/conftest.py``)."""
+The CLI tests run `kedro` in a throw-away copy of the project (``tests/helpers.py``)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import test_readme
-from tests.conftest import ROOT, lay_out_project
+from tests.helpers import ROOT, kedro, lay_out_project
 
-KEDRO = str(Path(sys.executable).with_name("kedro"))
-ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "COLUMNS": "200"}
 # A tiny model: a whole `kedro run` on the fixture corpus takes a few seconds.
 TINY = ("training.embedding_dim=8,training.hidden_dim=16,training.num_layers=1,training.epochs=1,"
         "training.max_minutes=null,training.device=cpu,training.batch_size=4,training.threads=1,"
@@ -58,10 +53,6 @@ poster:
   type: json.JSONDataset
   filepath: data/08_reporting/poster.json
 '''
-
-
-def kedro(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([KEDRO, *args], cwd=root, env=ENV, capture_output=True, text=True, timeout=300)
 
 
 def test_every_node_has_its_tag_and_its_pipeline_as_namespace(project):

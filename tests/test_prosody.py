@@ -20,7 +20,7 @@ from tangshi_pipeline.poet.prosody import (
     templates,
 )
 from tests.fixtures.poems import REAL
-from tests.generate_helpers import pingshui_table
+from tests.helpers_models import pingshui_table
 
 T2S = opencc.OpenCC("t2s")
 

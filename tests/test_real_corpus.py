@@ -6,7 +6,6 @@ are asserted tightly: a change means the cleaning rules changed, and the README 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -19,10 +18,9 @@ from tangshi_pipeline.pipelines.data_processing.nodes import (
     vectorize,
 )
 from tangshi_pipeline.poet.prosody import EITHER, PING, ZE, Prosody, check
-from tests.conftest import shipped_params
-from tests.generate_helpers import pingshui_table
+from tests.helpers import ROOT, shipped_params
+from tests.helpers_models import pingshui_table
 
-ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "data/01_raw/tang"
 pytestmark = [
     pytest.mark.corpus,

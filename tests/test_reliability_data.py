@@ -4,26 +4,15 @@ parameter, a non-zero exit where the run cannot go on, and nothing half-written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from tangshi_pipeline.plumbing.corpus import write_manifest
-from tests.conftest import nest
 from tests.fixtures.poems import REAL
-
-
-def kedro(project, *args: str) -> subprocess.CompletedProcess:
-    """`kedro run …` as a user runs it, in the throw-away project."""
-    kedro_bin = Path(sys.executable).with_name("kedro")
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
-    return subprocess.run([str(kedro_bin), "run", *args], cwd=project.path, env=env,
-                          capture_output=True, text=True, timeout=300)
+from tests.helpers import kedro, nest, one_line
 
 
 def outputs(project) -> list[str]:
@@ -62,7 +51,7 @@ def report(project, root: str = "data") -> dict:
 def test_partition_that_is_not_json_fails_the_run_naming_it(project):
     hand_made(project)
     (raw(project) / "poems/poet.tang.1000.json").write_text('[{"id": "x", "author"', "utf-8")
-    result = kedro(project, "--pipeline=data_processing")
+    result = kedro(project.path, "run", "--pipeline=data_processing")
     assert result.returncode != 0
     log = result.stdout + result.stderr
     assert "poems/poet.tang.1000.json" in log and "skip_bad_partitions" in log
@@ -123,9 +112,9 @@ def test_duplicate_poem_ids_are_dropped_and_counted(project):
     ("data_processing.min_count=0", "data_processing.min_count = 0"),
 ])
 def test_bad_parameters_stop_the_run_before_any_work(project, override, message):
-    result = kedro(project, "--pipeline=data_processing", f"--params={override}")
+    result = kedro(project.path, "run", "--pipeline=data_processing", f"--params={override}")
     assert result.returncode != 0
-    assert message in " ".join((result.stdout + result.stderr).split())
+    assert message in one_line(result)
     assert outputs(project) == []
 
 
@@ -143,9 +132,9 @@ def test_classic_file_with_a_huge_line_and_several_colons(project):
 
 def test_classic_file_that_is_not_utf8(project):
     (project.path / "data/01_raw/poems.txt").write_bytes("春晓:春眠不觉晓，处处闻啼鸟。".encode("gb18030"))
-    result = kedro(project, "--pipeline=data_processing", "--env=classic")
+    result = kedro(project.path, "run", "--pipeline=data_processing", "--env=classic")
     assert result.returncode != 0
-    log = " ".join((result.stdout + result.stderr).split())
+    log = one_line(result)
     assert "poems.txt is not UTF-8" in log and "at offset 0 (line 1)" in log
     assert outputs(project) == []
 
@@ -198,9 +187,9 @@ def test_a_damaged_corpus_stops_the_run_naming_the_file(project, case):
 
 def test_a_damaged_corpus_fails_the_kedro_command(project):
     (raw(project) / "poems/poet.tang.1000.json").write_text("[]", "utf-8")
-    result = kedro(project, "--pipeline=data_processing")
+    result = kedro(project.path, "run", "--pipeline=data_processing")
     assert result.returncode != 0
-    log = " ".join((result.stdout + result.stderr).split())
+    log = one_line(result)
     assert "poems/poet.tang.1000.json changed" in log and "Run `make data`" in log
     assert outputs(project) == []
 
@@ -260,9 +249,9 @@ def test_a_lone_surrogate_names_the_partition_record_and_field(project, case):
 
 def test_a_lone_surrogate_fails_the_kedro_command(project):
     plant(project, "poems", [POEM])
-    result = kedro(project, "--pipeline=data_processing")
+    result = kedro(project.path, "run", "--pipeline=data_processing")
     assert result.returncode != 0
-    log = " ".join((result.stdout + result.stderr).split())
+    log = one_line(result)
     assert "poems/poet.tang.1000.json" in log and "field 'paragraphs' (line 2) holds a lone surrogate" in log
     assert "UnicodeEncodeError" not in log
 

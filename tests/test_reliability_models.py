@@ -13,7 +13,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +23,9 @@ from tangshi_pipeline.plumbing import datasets
 from tangshi_pipeline.plumbing.datasets import ModelArtifact
 from tangshi_pipeline.poet.checkpoints import CheckpointError, CheckpointStore
 from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig, save_artifact
+from tests.helpers import KEDRO, ROOT, kedro, kedro_env, one_line
+from tests.helpers_models import save_model
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ("training.embedding_dim=8,training.hidden_dim=16,training.batch_size=2,training.device=cpu,"
         "training.learning_rate=0.01")
 
@@ -120,9 +120,8 @@ def test_a_write_that_fails_part_way_never_becomes_the_latest_version(tmp_path, 
 
 def test_kill_9_in_the_middle_of_training_then_rerun_resumes(project):
     project.run("data_processing")
-    kedro = str(Path(sys.executable).with_name("kedro"))
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}
-    long_run = [kedro, "run", "--pipeline=training", "--params",
+    env = kedro_env()
+    long_run = [KEDRO, "run", "--pipeline=training", "--params",
                 TINY + ",training.epochs=100000,training.max_minutes=null,training.checkpoint_every=1"]
     proc = subprocess.Popen(long_run, cwd=project.path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -136,10 +135,9 @@ def test_kill_9_in_the_middle_of_training_then_rerun_resumes(project):
     assert steps, "no checkpoint was written before the kill"
     assert not (project.path / "data/06_models/poet").exists() or not any((project.path / "data/06_models/poet").iterdir())
 
-    rerun = subprocess.run([kedro, "run", "--pipeline=training", "--params",
-                            TINY + ",training.epochs=100000,training.max_minutes=0.02"],
-                           cwd=project.path, env=env, capture_output=True, text=True, timeout=300)
-    log = " ".join((rerun.stdout + rerun.stderr).split())
+    rerun = kedro(project.path, "run", "--pipeline=training", "--params",
+                  TINY + ",training.epochs=100000,training.max_minutes=0.02")
+    log = one_line(rerun)
     assert rerun.returncode == 0, log[-2000:]
     assert "resuming from" in log and f"step-{steps[-1]:010d}" in log
     model = project.catalog().load("model")
@@ -162,10 +160,7 @@ def run_generate(project, load_versions: dict | None = None) -> None:
 
 def kedro_generate(project, *options: str) -> subprocess.CompletedProcess:
     """`kedro run --pipelines=generate` as a user types it."""
-    kedro = str(Path(sys.executable).with_name("kedro"))
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}
-    return subprocess.run([kedro, "run", "--pipeline=generate", f"--params={GENERATE_PARAMS}", *options],
-                          cwd=project.path, env=env, capture_output=True, text=True, timeout=300)
+    return kedro(project.path, "run", "--pipeline=generate", f"--params={GENERATE_PARAMS}", *options)
 
 
 def flip_data_bytes(path: Path, count: int = 64) -> None:
@@ -191,8 +186,6 @@ def poem_versions(project) -> list[str]:
 @pytest.fixture
 def trained(project):
     """The throw-away project after data processing, with two saved model versions (older, newer)."""
-    from tests.generate_helpers import save_model
-
     project.run("data_processing")
     save_model(project.path, seed=1)
     save_model(project.path, seed=2)
@@ -217,7 +210,7 @@ def test_tampered_weights_stop_kedro_run_generate_naming_the_file_and_the_versio
     flip_data_bytes(weights)
     assert weights.stat().st_size == size
     result = kedro_generate(trained)
-    log = " ".join((result.stdout + result.stderr).split())
+    log = one_line(result)
     assert result.returncode != 0, log[-2000:]
     assert str(weights) in log and "sha256" in log
     assert f"--load-versions=model:{older}" in log

@@ -3,17 +3,11 @@ node runs (the ValidateParameters hook)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from tangshi_pipeline.poet.params import ParameterError, validate_all
-from tests.conftest import shipped_params
+from tests.helpers import kedro, one_line, shipped_params
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {section: shipped_params(section)
             for section in ("data_processing", "training", "generate")}
 
@@ -117,12 +111,6 @@ def test_one_begin_word_may_have_the_whole_poem_budget():
     validate_all(params)  # an acrostic writes num_samples poems, whatever the begin words
 
 
-def kedro_run(project, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "200"}
-    return subprocess.run([str(Path(sys.executable).with_name("kedro")), "run", *args], cwd=project.path,
-                          env=env, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.parametrize("pipeline, overrides, messages", [
     ("__default__", f"training.seed={2**70},training.batch_size={10**9},training.hidden_dim={10**5}",
      [f"training.seed = {2**70}: must be between 0 and 4294967295",
@@ -133,9 +121,9 @@ def kedro_run(project, *args: str) -> subprocess.CompletedProcess:
                                                  "allowed 1..14285 with 7 begin words"]),
 ])
 def test_kedro_run_rejects_them_before_any_node(project, pipeline, overrides, messages):
-    result = kedro_run(project, f"--pipeline={pipeline}", f"--params={overrides}")
+    result = kedro(project.path, "run", f"--pipeline={pipeline}", f"--params={overrides}")
     assert result.returncode != 0
-    log = " ".join((result.stdout + result.stderr).split())
+    log = one_line(result)
     for message in messages:
         assert message in log
     assert "Running node" not in log

@@ -14,26 +14,15 @@ from pathlib import Path
 import pytest
 
 from tangshi_pipeline.poet.model import Artifact
+from tests.helpers import KEDRO, kedro, kedro_env, one_line
 
-KEDRO = str(Path(sys.executable).with_name("kedro"))
 TINY = ("training.embedding_dim=8,training.hidden_dim=16,training.batch_size=4,training.device=cpu,"
         "training.threads=1,training.learning_rate=0.01")
 
 
-def kedro(project, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`kedro run …` as a user types it, in the throw-away project (the CLI's own session class)."""
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "400"}
-    return subprocess.run([KEDRO, "run", *args], cwd=project.path, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def one_line(proc: subprocess.CompletedProcess) -> str:
-    return " ".join((proc.stdout + proc.stderr).split())
-
-
 def test_kedro_run_with_world_size_2_trains_and_saves_a_model(project):
     project.run("data_processing")
-    proc = kedro(project, "--pipeline=training",
+    proc = kedro(project.path, "run", "--pipeline=training",
                  f"--params=training.world_size=2,training.max_minutes=0.3,training.epochs=1,{TINY}")
     assert proc.returncode == 0, one_line(proc)[-3000:]
     model = project.catalog().load("model")
@@ -51,13 +40,14 @@ def test_learning_rate_inf_saves_no_checkpoint_or_model_and_a_rerun_recovers(pro
     # one batch per epoch: every step's loss is finite (it is computed before the update), the weights are not
     blowup = f"--params={TINY},training.batch_size=64,training.learning_rate=inf,training.checkpoint_every=1," \
              "training.epochs=3,training.max_minutes=null"
-    proc = kedro(project, "--pipeline=training", blowup)
+    proc = kedro(project.path, "run", "--pipeline=training", blowup)
     log = one_line(proc)
     assert proc.returncode != 0
     assert "weights or optimizer state became non-finite" in log and "there is none yet" in log, log[-3000:]
     assert not checkpoints(project) and not (project.path / "data/06_models/poet").exists()
 
-    rerun = kedro(project, "--pipeline=training", f"--params={TINY},training.batch_size=64,training.epochs=3")
+    rerun = kedro(project.path, "run", "--pipeline=training",
+                  f"--params={TINY},training.batch_size=64,training.epochs=3")
     assert rerun.returncode == 0, one_line(rerun)[-3000:]  # the advice works: nothing poisoned to resume from
     model = project.catalog().load("model")
     assert all(bool(t.isfinite().all()) for t in model.model.state_dict().values())
@@ -65,12 +55,12 @@ def test_learning_rate_inf_saves_no_checkpoint_or_model_and_a_rerun_recovers(pro
 
 def test_a_changed_checkpoint_is_refused_naming_the_file(project):
     project.run("data_processing")
-    assert kedro(project, "--pipeline=training", f"--params={TINY},training.epochs=1").returncode == 0
+    assert kedro(project.path, "run", "--pipeline=training", f"--params={TINY},training.epochs=1").returncode == 0
     state = checkpoints(project)[-1] / "state.safetensors"
     raw = bytearray(state.read_bytes())
     raw[-4:] = bytes(b ^ 0xFF for b in raw[-4:])  # flip bytes in the data region: same size, still parses
     state.write_bytes(bytes(raw))
-    proc = kedro(project, "--pipeline=training", f"--params={TINY},training.epochs=2")
+    proc = kedro(project.path, "run", "--pipeline=training", f"--params={TINY},training.epochs=2")
     log = one_line(proc)
     assert proc.returncode != 0
     expected = f"{state.parent.name}: state.safetensors does not match the sha256 recorded in state.json"
@@ -115,7 +105,7 @@ def test_a_stale_temporary_checkpoint_folder_is_removed_by_the_next_run(project)
     (stale / "state.safetensors").write_bytes(b"\0" * 32)
     for path in (stale / "state.safetensors", stale):
         os.utime(path, (1_600_000_000, 1_600_000_000))
-    assert kedro(project, "--pipeline=training", f"--params={TINY},training.epochs=1").returncode == 0
+    assert kedro(project.path, "run", "--pipeline=training", f"--params={TINY},training.epochs=1").returncode == 0
     assert not stale.exists() and checkpoints(project)
 
 
@@ -148,7 +138,7 @@ def kill_launcher_and_watch_ranks(project, command: list[str], marker: str) -> l
     """Start a long training with ``command``; once it has written a checkpoint, ``kill -9`` the
     launcher only. Returns the ranks still running 25 s later (all are killed before returning): a
     rank stuck in a collective is ended 10 s after it noticed, the rest is slack for a loaded machine."""
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    env = kedro_env()
     launcher = subprocess.Popen(command, cwd=project.path, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     ranks: list[int] = []

@@ -19,7 +19,7 @@ from tangshi_pipeline.poet.model import ModelConfig
 from tangshi_pipeline.poet.params import ParameterError, TrainingParams
 from tangshi_pipeline.poet.training import fit
 from tangshi_pipeline.poet.vocab import END_ID, START_ID
-from tests.conftest import shipped_params
+from tests.helpers import shipped_params
 
 V = 30
 CPU = torch.device("cpu")

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lay_out_project
+from tests.helpers import KEDRO, ROOT, kedro_env, lay_out_project
+from tests.studio.browser import Browser, chromium
 
-ROOT = Path(__file__).resolve().parents[1]
-KEDRO = str(Path(sys.executable).with_name("kedro"))
 DP_CHAIN = ["raw_corpus", "data_processing.flatten", "poems", "data_processing.clean", "clean_poems",
             "data_processing.frame", "framed_poems", "data_processing.build_vocab", "vocab",
             "data_processing.vectorize", "vectors"]
@@ -262,7 +261,7 @@ def test_viz_starts_with_the_network_unreachable(viz_project, viz_url):
     out = subprocess.run(
         ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1" "$2" "$3"', sys.executable,
          ISOLATED_CHECK, KEDRO, str(_free_port())],
-        cwd=root, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"},
+        cwd=root, env=kedro_env(),
         capture_output=True, text=True, timeout=300)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["main"] > 10 and result["index"] is True
@@ -298,82 +297,32 @@ def test_make_viz_build_writes_its_site_apart_from_the_package_build(viz_project
 # ------------------------------------------------------------------------ real browser
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _cdp_page(port: int, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            targets = _get(f"http://127.0.0.1:{port}/json/list", timeout=5)
-            pages = [t for t in targets if t.get("type") == "page"]
-            if pages:
-                return pages[0]["webSocketDebuggerUrl"]
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("Chromium's DevTools endpoint did not come up")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it)")
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it)")
 def test_browser_renders_the_pipeline(viz_url, tmp_path):
-    from websockets.sync.client import connect
-
-    profile = tmp_path / "chromium-profile"
-    port = _free_port()
-    browser = subprocess.Popen([
-        _chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--no-default-browser-check",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
-        "--remote-allow-origins=*", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--window-size=1600,1000", f"{viz_url}/",
-    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        with connect(_cdp_page(port), max_size=64 * 2**20, open_timeout=30) as ws:
-            counter = iter(range(1, 10**6))
-
-            def call(method: str, **params):
-                ident = next(counter)
-                ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-                while True:
-                    message = json.loads(ws.recv(timeout=60))
-                    if message.get("id") == ident:
-                        return message.get("result", {})
-
-            def evaluate(expression: str):
-                return call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-            def rendered(names: list[str]) -> list[str]:
-                """Wait for the graph to show every name; the names still missing at the deadline."""
-                deadline = time.monotonic() + 90
-                missing = names
-                while time.monotonic() < deadline:
-                    text = evaluate("Array.from(document.querySelectorAll('.pipeline-node'))"
+    def rendered(browser: Browser, names: list[str]) -> list[str]:
+        """Wait for the graph to show every name; the names still missing at the deadline."""
+        deadline = time.monotonic() + 90
+        missing = names
+        while time.monotonic() < deadline:
+            text = browser.evaluate("Array.from(document.querySelectorAll('.pipeline-node'))"
                                     ".map(n => n.textContent).join('|')") or ""
-                    flat = text.lower().replace(" ", "").replace("_", "")
-                    missing = [n for n in names if n.replace("_", "") not in flat]
-                    if not missing:
-                        break
-                    time.sleep(0.5)
-                return missing
+            flat = text.lower().replace(" ", "").replace("_", "")
+            missing = [n for n in names if n.replace("_", "") not in flat]
+            if not missing:
+                break
+            time.sleep(0.5)
+        return missing
 
-            # The default view: one collapsed box per pipeline (its namespace).
-            missing = rendered(["data_processing", "training", "generate"])
-            assert not missing, f"pipeline boxes not rendered: {missing}"
-            # Expanded, every stage is drawn.
-            call("Page.navigate", url=f"{viz_url}/?expandAllPipelines=true")
-            names = ["flatten", "clean", "frame", "build_vocab", "vectorize"]
-            missing = rendered(names)
-            time.sleep(1.0)  # let the graph's fade-in finish before the screenshot
-            shot = call("Page.captureScreenshot", format="png")
-            (tmp_path / "kedro-viz.png").write_bytes(base64.b64decode(shot["data"]))
-            assert not missing, f"stages not rendered: {missing}"
-            assert evaluate("document.querySelectorAll('.pipeline-node').length") >= len(names)
-        assert (tmp_path / "kedro-viz.png").stat().st_size > 10_000
-    finally:
-        browser.terminate()
-        try:
-            browser.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            browser.kill()
+    with Browser(f"{viz_url}/", 1600, 1000) as browser:
+        # The default view: one collapsed box per pipeline (its namespace).
+        missing = rendered(browser, ["data_processing", "training", "generate"])
+        assert not missing, f"pipeline boxes not rendered: {missing}"
+        # Expanded, every stage is drawn.
+        browser.navigate(f"{viz_url}/?expandAllPipelines=true")
+        names = ["flatten", "clean", "frame", "build_vocab", "vectorize"]
+        missing = rendered(browser, names)
+        time.sleep(1.0)  # let the graph's fade-in finish before the screenshot
+        browser.screenshot(tmp_path / "kedro-viz.png")
+        assert not missing, f"stages not rendered: {missing}"
+        assert browser.evaluate("document.querySelectorAll('.pipeline-node').length") >= len(names)
+    assert (tmp_path / "kedro-viz.png").stat().st_size > 10_000

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lay_out_project, nest
-from tests.generate_helpers import save_model
+from tests.helpers import lay_out_project, nest
+from tests.helpers_models import save_model
 
 # A few seconds of training on the fixture corpus: enough for the model to prefer its poems' characters.
 TINY = {"embedding_dim": 16, "hidden_dim": 32, "num_layers": 2, "dropout": 0.0, "batch_size": 2,

@@ -17,7 +17,7 @@ from tangshi_pipeline.poet.prosody import clauses, format_ok, templates
 from tangshi_pipeline.studio.app import create_app
 from tangshi_pipeline.studio.load import load_poet
 from tangshi_pipeline.studio.poet import API_FIELDS, MAX_POEMS
-from tests.conftest import nest, shipped_params
+from tests.helpers import ROOT, nest, shipped_params
 from tests.studio.conftest import model_versions
 
 QIJUE = {"form": "qijue", "acrostic": "白日黄河", "tones": "strict", "rhyme": True, "strategy": "sample",
@@ -372,8 +372,6 @@ def test_a_wheel_ships_the_page(tmp_path):
     import subprocess
     import sys
     import zipfile
-
-    from tests.conftest import ROOT
 
     source = tmp_path / "source"
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))

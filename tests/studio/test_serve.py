@@ -5,21 +5,17 @@ the DOM, switch to Traditional characters, reopen the permalink, narrow to phone
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tangshi_pipeline.poet.prosody import FORMS
+from tests.helpers import KEDRO, kedro, kedro_env
 from tests.studio.browser import Browser, chromium, free_port, write_with_acrostic
 from tests.studio.conftest import model_versions
 
-KEDRO = str(Path(sys.executable).with_name("kedro"))
-ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "COLUMNS": "200"}
 
 
 def _get(url: str) -> dict:
@@ -27,16 +23,12 @@ def _get(url: str) -> dict:
         return json.loads(response.read())
 
 
-def _serve(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([KEDRO, "serve", *args], cwd=root, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def server(studio_project):
     port = free_port()
     log = (studio_project / "serve.log").open("w")
-    proc = subprocess.Popen([KEDRO, "serve", "--port", str(port)], cwd=studio_project, env=ENV, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([KEDRO, "serve", "--port", str(port)], cwd=studio_project, env=kedro_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     try:
@@ -72,14 +64,15 @@ def test_serve_without_a_trained_model_names_the_command_that_trains_one(studio_
     env.mkdir(exist_ok=True)
     (env / "catalog.yml").write_text("model:\n  type: tangshi_pipeline.plumbing.datasets.ModelArtifact\n"
                                      "  filepath: data/06_models/none\n  versioned: true\n", "utf-8")
-    out = _serve(studio_project, "--env", "nomodel", "--port", str(free_port()))
+    out = kedro(studio_project, "serve", "--env", "nomodel", "--port", str(free_port()), timeout=60)
     assert out.returncode != 0
     assert "no trained model yet" in out.stderr and "kedro run --pipelines=training" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
 
 
 def test_serve_with_an_unknown_model_version_lists_the_versions(studio_project):
-    out = _serve(studio_project, "--model-version", "1999-01-01T00.00.00.000Z", "--port", str(free_port()))
+    out = kedro(studio_project, "serve", "--model-version", "1999-01-01T00.00.00.000Z", "--port", str(free_port()),
+                timeout=60)
     assert out.returncode != 0 and "does not exist" in out.stderr
     assert model_versions(studio_project)[0] in out.stderr and "kedro models" in out.stderr
 
@@ -91,7 +84,7 @@ def test_serve_on_a_busy_port_says_so_before_loading_anything(studio_project):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        out = _serve(studio_project, "--port", str(port))
+        out = kedro(studio_project, "serve", "--port", str(port), timeout=60)
     assert out.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in out.stderr and "--port" in out.stderr
     assert "Loading data from model" not in out.stdout + out.stderr
 

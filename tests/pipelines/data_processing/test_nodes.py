@@ -19,22 +19,8 @@ from tangshi_pipeline.pipelines.data_processing.nodes import (
     vectorize,
 )
 from tangshi_pipeline.poet.vocab import END_ID, PAD, START_ID, UNK, Vocab
-from tests.fixtures.poems import CLASSIC_POEMS_TXT, FILTERED, REAL, SPACED
-
-
-def partitions(poems: list[dict], per_file: int = 3, raw: dict[str, str] | None = None) -> dict:
-    """In-memory stand-in for the PartitionedDataset: partition id → load callable."""
-    parts = {}
-    for n, start in enumerate(range(0, len(poems), per_file)):
-        chunk = poems[start:start + per_file]
-        records = [{k: v for k, v in p.items() if k != "strains"} for p in chunk]
-        strains = [{"id": p["id"], "strains": p["strains"]} for p in chunk if "strains" in p]
-        parts[f"poems/poet.tang.{n * 1000}"] = lambda r=records: r
-        parts[f"strains/poet.tang.{n * 1000}"] = lambda s=strains: s
-    for key, text in (raw or {}).items():
-        parts[key] = lambda t=text: json.loads(t)
-    parts["authors.tang"] = lambda: pytest.fail("authors are not read")
-    return parts
+from tests.fixtures.poems import CLASSIC_POEMS_TXT, FILTERED, REAL, SPACED, partitions
+from tests.helpers_models import pingshui_table
 
 
 # ---------------------------------------------------------------------------------------- flatten
@@ -202,6 +188,16 @@ def test_bad_cleaning_parameters_are_rejected_by_validation(data_params):
         validate_all({"data_processing": {**data_params, "min_length": 50, "max_length": 10}})
     with pytest.raises(ParameterError, match="data_processing.max_lenght"):
         validate_all({"data_processing": {**data_params, "max_lenght": 10}})
+
+
+# ---------------------------------------------------------------------------------------- prosody
+
+def test_prosody_learns_tones_of_the_simplified_text_and_converts_the_rhyme_groups(data_params):
+    clean, _ = _clean(REAL, data_params)
+    lexicon, rhyme = build_prosody(clean, pingshui_table(), data_params["opencc_config"])
+    assert lexicon["tones"]["乡"] == "平" and lexicon["tones"]["月"] == "仄"  # 低頭思故鄉, 舉頭望山月
+    assert "鄉" not in lexicon["tones"] and "，" not in lexicon["tones"]
+    assert {"东", "東"} <= set(rhyme["groups"]["上平一东"])  # both spellings, under the Simplified name
 
 
 # ---------------------------------------------------------------------- frame, vocab, vectorize

@@ -1,14 +1,18 @@
-"""The generate pipeline through a KedroSession on the fixture corpus, with a tiny saved model."""
+"""The generate pipeline on an in-memory catalog, and through a KedroSession on the fixture corpus
+with a tiny saved model (the files it writes, the model version it loads, its messages)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from kedro.runner import SequentialRunner
 
+from tangshi_pipeline.pipelines.generate import create_pipeline
+from tangshi_pipeline.poet.model import Artifact
 from tangshi_pipeline.poet.params import ParameterError
-from tangshi_pipeline.poet.prosody import clauses, format_ok
-from tests.generate_helpers import save_model
+from tests.helpers import memory_catalog, shipped_params
+from tests.helpers_models import POEMS, pingshui_prosody, save_model, tiny_model, vectors_of
 
 
 @pytest.fixture
@@ -39,21 +43,20 @@ def test_generate_writes_poems_page_and_report(processed):
     assert lexicon["tones"]["流"] == "平"
 
 
-def test_acrostic_form_with_strict_tones_and_rhyme(processed):
-    save_model(processed.path)
-    params = {"generate": {"form": "wujue", "acrostic": "白日依山", "strategy": "sample", "num_samples": 3,
-                           "tones": "strict", "rhyme": True, "seed": 1, "no_copy": True, "no_repeat_ngram": 2}}
-    processed.run("generate", params=params)
-    data = processed.path / "data"
-    (version,) = _versions(data / "07_model_output/generated_poems.json")
-    poems = json.loads((data / "07_model_output/generated_poems.json" / version / "generated_poems.json").read_text("utf-8"))
-    assert len(poems) == 3 and all(p["acrostic"] == "白日依山" and p["begin"] is None for p in poems)
-    for p in poems:
-        assert format_ok(p["text"], "wujue") and [c[0] for c in clauses(p["text"])] == list("白日依山")
-    report = json.loads((data / "08_reporting/generation_report.json").read_text("utf-8"))
-    assert report["format_accuracy"] == 1.0 and report["form"] == "wujue" and report["copy_rate"] == 0
-    assert poems[0]["settings"]["no_copy"] is True and poems[0]["settings"]["no_repeat_ngram"] == 2
-    assert "藏头 白日依山" in (data / "08_reporting/generated_poems.md").read_text("utf-8")
+def test_acrostic_form_with_strict_tones_and_rhyme_in_memory():
+    vocab, _, lexicon, rhyme = pingshui_prosody()
+    model = Artifact(tiny_model(len(vocab)), {"vocab_fingerprint": vocab.fingerprint})
+    settings = {"form": "wujue", "acrostic": "白日依山", "strategy": "sample", "num_samples": 3, "tones": "strict",
+                "rhyme": True, "seed": 1, "no_copy": True, "no_repeat_ngram": 2}
+    catalog = memory_catalog({"model": model, "vocab": vocab.to_json(), "tone_lexicon": lexicon, "rhyme_table": rhyme,
+                              "vectors": vectors_of(vocab, POEMS, ["train"] * len(POEMS))},
+                             {"generate": {**shipped_params("generate"), **settings}})
+    SequentialRunner().run(create_pipeline(), catalog)
+    report = catalog.load("generation_report")
+    assert report["poems"] == 3 and report["form"] == "wujue" and report["copy_rate"] == 0
+    assert report["format_accuracy"] == report["tonal_conformance"] == report["rhyme_accuracy"] == 1.0
+    assert report["settings"]["no_copy"] is True and report["settings"]["no_repeat_ngram"] == 2
+    assert "藏头 白日依山" in catalog.load("poems_page")
 
 
 def test_the_pinned_model_version_is_used(processed):

@@ -1,12 +1,19 @@
-"""The training pipeline end to end through a KedroSession, on the fixture corpus, with a tiny model."""
+"""The training pipeline on an in-memory catalog, and end to end through a KedroSession on the
+fixture corpus (versioned models, checkpoints on disk, resuming), with a tiny model."""
 
 import json
 
 import pandas as pd
 import pytest
 import torch
+from kedro.runner import SequentialRunner
+from matplotlib.figure import Figure
 
+from tangshi_pipeline.pipelines.training import create_pipeline
+from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tangshi_pipeline.poet.model import Artifact
+from tests.helpers import memory_catalog, shipped_params
+from tests.helpers_models import POEMS, vectors_of, vocab_of
 
 TINY = {"embedding_dim": 8, "hidden_dim": 16, "num_layers": 2, "dropout": 0.1, "batch_size": 2,
         "epochs": 2, "max_minutes": None, "device": "cpu", "learning_rate": 0.01}
@@ -86,3 +93,16 @@ def test_history_and_curve_get_a_train_loss_row_every_200_steps(project):
     assert history.loc[history["kind"] == "epoch", "epoch"].tolist() == list(range(1, 31))
     assert load_model(project).meta["training"]["epochs_done"] == 30  # from the last epoch row
     assert (project.path / "data/08_reporting/training_curve.png").stat().st_size > 1000
+
+
+def test_training_pipeline_in_memory(tmp_path):
+    vocab = vocab_of(POEMS)
+    vectors = vectors_of(vocab, POEMS, ["train", "train", "train", "val", "test"])
+    catalog = memory_catalog(
+        {"vectors": vectors, "vocab": vocab.to_json(), "training_checkpoints": CheckpointStore(tmp_path)},
+        {"training": {**shipped_params("training"), **TINY, "threads": 1}})
+    SequentialRunner().run(create_pipeline(), catalog)
+    metrics = catalog.load("training_metrics")
+    assert metrics["epochs_done"] == 2 and metrics["architecture"]["hidden_dim"] == 16
+    assert metrics["val"]["poems"] == metrics["test"]["poems"] == 1 and metrics["val"]["perplexity"] > 1
+    assert isinstance(catalog.load("training_curve"), Figure)

@@ -1,11 +1,14 @@
-"""Helpers for the generate tests: tiny models, a vocabulary and prosody that need no corpus."""
+"""Helpers for the poet's tests: tiny models, vocabularies, vectors and prosody that need no corpus,
+and a tiny model saved into a throw-away project."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import opencc
+import pandas as pd
 import torch
 
 from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig
@@ -23,6 +26,27 @@ def pingshui_table() -> dict:
     """The 平水韵 table (``{"data", "source"}``) as the catalog's ``pingshui_table`` dataset loads it."""
     entry = yaml.safe_load(_CATALOG.read_text("utf-8"))["pingshui_table"]
     return PackageJSONDataset(package=entry["package"], file=entry["file"]).load()
+
+# Five quatrains (Simplified), for a vocabulary and a vectors table made by hand.
+POEMS = ["床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+         "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
+         "松下问童子，言师采药去。只在此山中，云深不知处。",
+         "红豆生南国，秋来发故枝。愿君多采撷，此物最相思。",
+         "千山鸟飞绝，万径人踪灭。孤舟蓑笠翁，独钓寒江雪。"]
+
+
+def vocab_of(texts: list[str]) -> Vocab:
+    """The vocabulary data_processing would build from ``texts`` (start and end tokens G and E)."""
+    return Vocab.build([f"G{t}E" for t in texts], "G", "E")
+
+
+def vectors_of(vocab: Vocab, texts: list[str], splits: list[str]) -> pd.DataFrame:
+    """A vectors table as data_processing writes it (id, split, length, ids with the start and end
+    tokens), one row per text, in the given splits; characters outside ``vocab`` are not allowed."""
+    index = vocab.index
+    ids = [np.array([index[c] for c in f"{vocab.start}{t}{vocab.end}"], np.int32) for t in texts]
+    return pd.DataFrame({"id": [f"p{i}" for i in range(len(texts))], "split": splits,
+                         "length": np.array([len(i) for i in ids], np.int32), "ids": ids})
 
 
 def tiny_model(vocab_size: int, cell: str = "lstm", seed: int = 0, **kw) -> CharRNN:
