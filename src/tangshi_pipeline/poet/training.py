@@ -32,9 +32,9 @@ from torch.nn.parallel import DistributedDataParallel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from tangshi_pipeline.poet.batching import Buckets, head_nll, nll
+from tangshi_pipeline.poet.batching import Buckets
 from tangshi_pipeline.poet.checkpoints import CheckpointError, CheckpointStore, non_finite_tensors
-from tangshi_pipeline.poet.model import CharRNN, ModelConfig
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig, head_nll, nll
 from tangshi_pipeline.poet.params import ParameterError, TrainingParams
 
 if dist.is_available():

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from tangshi_pipeline.poet.batching import Buckets, split_sequences
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
-from tangshi_pipeline.poet.model import Artifact, ModelConfig
+from tangshi_pipeline.poet.model import Artifact, ModelConfig, vocabulary_mismatch
 from tangshi_pipeline.poet.params import TrainingParams, parse
 from tangshi_pipeline.poet.training import evaluate, fit, ranks, resolve_device, set_threads
 from tangshi_pipeline.poet.vocab import Vocab
@@ -76,10 +76,8 @@ def _last_epoch_row(history: list[dict]) -> dict:
 def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, params: dict) -> dict[str, Any]:
     """Perplexity and bits per character of the held-out splits (per predicted token, end token included)."""
     p = parse(TrainingParams, "training", params)
-    fingerprint = Vocab.from_json(vocab).fingerprint
-    if model.vocab_fingerprint != fingerprint:
-        raise ValueError("the model was trained on a different vocabulary than data/05_model_input/vocab.json; "
-                         "retrain it (kedro run --pipelines=training)")
+    if problem := vocabulary_mismatch(model, Vocab.from_json(vocab)):
+        raise ValueError(f"{problem}; retrain it (kedro run --pipelines=training)")
     device = _device(p)
     net = model.model.to(device)
     metrics: dict[str, Any] = {"architecture": {k: v for k, v in vars(net.config).items()},
