@@ -6,24 +6,19 @@ advances together, one token per step, from the recurrent state the previous ste
 (O(n) work, batch B) — :func:`greedy_refeed` keeps the classic loop as the reference.
 
 Each step is the same story: **step** the network one token (``CharRNN.stepper``), **mask** the
-logits so that only legal tokens can be drawn (the masks are in :mod:`.constraints`: the form's
-shape, forced line heads, tones, rhyme, 重韵, no repeated n-grams, no copied lines), **pick** a
-token (:func:`.sampling.pick`: greedy, or a sample), **advance** each poem's position. A form
-has a fixed number of steps; a free poem stops at the end token or ``max_length``, and finished
-poems drop out of the batch.
+logits so that only legal tokens can be drawn (:mod:`.constraints`: the form's shape, forced line
+heads, tones, rhyme, 重韵, no repeated n-grams, no copied lines), **pick** a token
+(:func:`.sampling.pick`: greedy, or a sample), **advance** each poem. A form has a fixed number of
+steps; a free poem stops at the end token or ``max_length`` and drops out of the batch.
 
-The settings are the validated ``generate`` parameters (:class:`~.params.GenerateParams`); the
-decoder reads the decoding ones (form, strategy, temperature, top_k, top_p, max_length, tones,
-rhyme, no_repeat_ngram, no_copy, seed). Which poems to write (begin characters, acrostics) and in
-batches of how many are its arguments.
-
-Each poem's random draws come from (seed, poem index, step) alone (counter-based,
-:mod:`.sampling`): by default the seed of the settings and the poem's position in the call, or a
-(seed, index) key per poem (``generate(..., keys=...)``), so poems of several requests decoded
-together in one batch are each the poems their own request would get alone.
-``Decoder.mean_logprobs`` (and ``generate(..., score=True)``) gives each poem's mean
-log-probability per character under the model — its own judgement of the text, whatever the masks
-forced — to rank candidates by.
+The settings are the validated ``generate`` parameters (:class:`~.params.GenerateParams`); which
+poems to write (begin characters, acrostics) and in batches of how many are the call's arguments.
+Each poem's random draws come from (seed, poem index, step) alone (:mod:`.sampling`): by default
+the settings' seed and the poem's position in the call, or a (seed, index) key per poem
+(``generate(..., keys=...)``), so poems of several requests decoded together in one batch are each
+the poems their own request would get alone. ``Decoder.mean_logprobs`` (and ``generate(...,
+score=True)``) gives each poem's mean log-probability per character under the model — its own
+judgement of the text, whatever the masks forced — to rank candidates by.
 
 If the masks leave a poem no legal character (e.g. a forced acrostic character that breaks every
 template), the poem falls back to the shape-only mask for that step and the step is counted in
@@ -184,10 +179,7 @@ class Decoder:
             if bool(force.all()):
                 token = head
             else:
-                mask = None
-                if bool(r["acro"].any()):
-                    mask = self.masks.acrostic_lines(r["line"], r["col"], r["n_lines"], r["acro"]) | force[:, None]
-                banned = self.masks.repeats(out[r["id"], :t], p.no_repeat_ngram) if p.no_repeat_ngram else None
+                mask, banned = self._free_masks(r, out[r["id"], :t], p, force)
                 u = draws(keys[0][r["id"]], keys[1][r["id"]], t) if p.strategy == "sample" else None
                 chosen, empty = self._choose(h, self.bias_free, p, u, mask, self.bias_free, banned)
                 fallbacks[r["id"][empty & ~force]] += 1
@@ -206,6 +198,15 @@ class Decoder:
                 token, state = token[keep], select_state(state, keep)
         texts = [self.vocab.decode(row) for row in out.tolist()]
         return Poems(texts, [None] * B, fallbacks.tolist())
+
+    def _free_masks(self, r: dict, history: torch.Tensor, p: GenerateParams, force: torch.Tensor):
+        """(mask, bans) for the live poems ``r``: an acrostic's line shape (forced heads let
+        through; None when no poem is an acrostic), and the no_repeat_ngram bans."""
+        mask = None
+        if bool(r["acro"].any()):
+            mask = self.masks.acrostic_lines(r["line"], r["col"], r["n_lines"], r["acro"]) | force[:, None]
+        banned = self.masks.repeats(history, p.no_repeat_ngram) if p.no_repeat_ngram else None
+        return mask, banned
 
     # ------------------------------------------------------------------------------- forms
 
@@ -253,10 +254,9 @@ class Decoder:
         at a rhyming position, forced poems let through), and the bans (no_repeat_ngram, no_copy
         at a line's last character, 重韵)."""
         bias, mask, banned = self.bias_content, None, []
-        last = j == FORMS[p.form][1] - 1
         if p.no_repeat_ngram:
             banned.append(self.masks.repeats(history, p.no_repeat_ngram))
-        if p.no_copy and last:
+        if p.no_copy and j == FORMS[p.form][1] - 1:  # a line's last character
             banned.append(self.masks.copies(history[:, history.shape[1] - j:]))
         if fit is not None and fit.rhyming(i, j):
             mask = fit.rhyme_mask(i, j) | force[:, None]
