@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import generate_params, write_results  # noqa: E402
 
-from tangshi_pipeline.poet.decoding import Decoder, Settings, greedy_refeed  # noqa: E402
+from tangshi_pipeline.poet.decoding import Decoder, greedy_refeed  # noqa: E402
 from tangshi_pipeline.poet.model import CharRNN, ModelConfig  # noqa: E402
 from tangshi_pipeline.poet.prosody import Prosody  # noqa: E402
 from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
@@ -86,14 +86,14 @@ def main() -> None:
     classic_rate = args.classic_poems / classic
     reference = [greedy_refeed(model, vocab, b, 30) for b in BEGINS]
     decoder = Decoder(model, vocab, prosody, args.device)  # moves the model to the device
-    identical = decoder.generate(BEGINS, [None] * len(BEGINS), Settings()).texts == reference
+    identical = decoder.generate(BEGINS, [None] * len(BEGINS), generate_params()).texts == reference
 
     runs = {
-        "free greedy (classic behaviour)": Settings(),
-        "free sample (T 0.8, top-p 0.9)": Settings(strategy="sample", top_p=0.9),
-        "wujue greedy, strict tones + rhyme": Settings(form="wujue", strict_tones=True, rhyme=True),
-        "qilv sample, strict tones + rhyme": Settings(form="qilv", strategy="sample", top_p=0.9,
-                                                     strict_tones=True, rhyme=True),
+        "free greedy (classic behaviour)": generate_params(),
+        "free sample (T 0.8, top-p 0.9)": generate_params(strategy="sample", top_p=0.9),
+        "wujue greedy, strict tones + rhyme": generate_params(form="wujue", tones="strict", rhyme=True),
+        "qilv sample, strict tones + rhyme": generate_params(form="qilv", strategy="sample", top_p=0.9,
+                                                             tones="strict", rhyme=True),
     }
     results = {"model": which, "device": args.device, "poems": args.poems, "threads": torch.get_num_threads(),
                "classic": {"poems": args.classic_poems, "wall_s": round(classic, 3),

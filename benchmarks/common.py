@@ -48,6 +48,17 @@ def timed_process(cmd: list[str], env: dict | None = None) -> dict:
     return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
+def generate_params(**changes):
+    """The project's ``generate`` parameters (conf/base/parameters_generate.yml, from the project
+    root) with ``changes``, validated: the decoder's settings."""
+    import yaml
+
+    from tangshi_pipeline.poet.params import GenerateParams
+
+    shipped = yaml.safe_load(Path("conf/base/parameters_generate.yml").read_text("utf-8"))["generate"]
+    return GenerateParams.model_validate({**shipped, **changes})
+
+
 def write_results(name: str, results: dict, table: list[tuple[str, str]] | None = None) -> Path:
     """benchmarks/results/<name>.json (+ .md when a table of (figure, value) rows is given)."""
     RESULTS.mkdir(parents=True, exist_ok=True)

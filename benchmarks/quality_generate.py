@@ -29,10 +29,10 @@ import pandas as pd
 from kedro.io import Version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import generate_params, write_results  # noqa: E402
 
 from tangshi_pipeline.plumbing.datasets import ModelArtifact  # noqa: E402
-from tangshi_pipeline.poet.decoding import Decoder, Settings  # noqa: E402
+from tangshi_pipeline.poet.decoding import Decoder  # noqa: E402
 from tangshi_pipeline.poet.model import load_artifact  # noqa: E402
 from tangshi_pipeline.pipelines.generate.nodes import poem_report, training_clauses  # noqa: E402
 from tangshi_pipeline.poet.prosody import FORMS, Prosody, shape_of  # noqa: E402
@@ -73,8 +73,8 @@ def main() -> None:
             "distinct_1", "distinct_2", "copy_rate")
     for form in FORMS:
         for name, (strategy, temperature, no_repeat, no_copy) in RUNS.items():
-            s = Settings(form=form, strategy=strategy, temperature=temperature, top_p=0.9, strict_tones=True,
-                         rhyme=True, no_repeat_ngram=no_repeat, no_copy=no_copy, seed=42)
+            s = generate_params(form=form, strategy=strategy, temperature=temperature, top_p=0.9, tones="strict",
+                                rhyme=True, no_repeat_ngram=no_repeat, no_copy=no_copy, seed=42)
             run = begins if strategy == "sample" else BEGINS  # greedy: one poem per begin character
             start = time.perf_counter()
             out = decoder.generate(run, [None] * len(run), s)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tangshi_pipeline.poet.batching import Buckets, head_nll, nll
-from tangshi_pipeline.poet.model import CharRNN, ModelConfig
+from tangshi_pipeline.poet.batching import Buckets
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig, head_nll, nll
 from tangshi_pipeline.poet.vocab import END_ID, PAD_ID, START_ID
 
 V = 40

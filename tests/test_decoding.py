@@ -8,11 +8,18 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tangshi_pipeline.poet.decoding import Decoder, Settings, greedy_refeed
+from tangshi_pipeline.poet.decoding import Decoder, greedy_refeed
+from tangshi_pipeline.poet.params import GenerateParams
 from tangshi_pipeline.poet.prosody import FORMS, check, clauses, format_ok
+from tests.helpers import shipped_params
 from tests.helpers_models import pingshui_prosody, tiny_model
 
 BEGINS = list("日红山夜湖君月")
+
+
+def settings(**changes) -> GenerateParams:
+    """The shipped generate parameters with ``changes``; top-p off (1) unless given, as in these scenarios."""
+    return GenerateParams.model_validate({**shipped_params("generate"), "top_p": 1.0, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +33,7 @@ def test_state_cache_gives_the_same_greedy_poems_as_refeeding_the_prefix(setup, 
     vocab, prosody, _ = setup
     model = tiny_model(len(vocab), cell=cell, seed=3)
     begins = BEGINS + list("春江花风雨")
-    cached = Decoder(model, vocab, prosody).generate(begins, [None] * len(begins), Settings(max_length=30))
+    cached = Decoder(model, vocab, prosody).generate(begins, [None] * len(begins), settings(max_length=30))
     refed = [greedy_refeed(model, vocab, b, 30) for b in begins]
     assert cached.texts == refed
     assert all(t[0] == b and len(t) <= 30 for t, b in zip(cached.texts, begins))
@@ -37,7 +44,7 @@ def test_the_end_token_stops_a_free_poem(setup):
     model = tiny_model(len(vocab), seed=1)
     with torch.no_grad():  # make the end token the argmax after a few steps
         model.head.bias[3] = 5.0
-    out = Decoder(model, vocab, prosody).generate(["日"], [None], Settings())
+    out = Decoder(model, vocab, prosody).generate(["日"], [None], settings())
     assert out.texts == [greedy_refeed(model, vocab, "日")] and len(out.texts[0]) < 30
 
 
@@ -48,8 +55,8 @@ def test_the_end_token_stops_a_free_poem(setup):
 def test_forms_always_have_the_right_shape(setup, form, seed, strategy, top_k, strict, acrostic):
     vocab, _, decoder = setup
     n_lines = FORMS[form][0]
-    s = Settings(form=form, strategy=strategy, top_k=top_k, top_p=0.95, seed=seed,
-                 strict_tones=strict, rhyme=strict, temperature=1.5)
+    s = settings(form=form, strategy=strategy, top_k=top_k, top_p=0.95, seed=seed,
+                 tones="strict" if strict else "loose", rhyme=strict, temperature=1.5)
     heads = "春江花月夜山水风"[:n_lines]
     out = decoder.generate([None if acrostic else "日"] * 6, [heads if acrostic else None] * 6, s, batch_size=4)
     for text in out.texts:
@@ -62,7 +69,7 @@ def test_forms_always_have_the_right_shape(setup, form, seed, strategy, top_k, s
 @pytest.mark.parametrize("strategy", ["greedy", "sample"])
 def test_strict_tones_and_rhyme_never_emit_a_violating_character(setup, form, strategy):
     vocab, prosody, decoder = setup
-    s = Settings(form=form, strategy=strategy, strict_tones=True, rhyme=True, temperature=2.0, top_p=1.0, seed=7)
+    s = settings(form=form, strategy=strategy, tones="strict", rhyme=True, temperature=2.0, top_p=1.0, seed=7)
     begins = [BEGINS[i % 7] for i in range(40)]
     out = decoder.generate(begins, [None] * len(begins), s)
     assert sum(out.fallbacks) == 0
@@ -70,7 +77,7 @@ def test_strict_tones_and_rhyme_never_emit_a_violating_character(setup, form, st
         result = check(text, prosody, form)
         assert result.format_ok and result.conforms and result.rhymes, (text, result)
     # the same model without the masks breaks the rules (so the check above can fail)
-    loose = decoder.generate(begins, [None] * len(begins), Settings(form=form, strategy=strategy, seed=7))
+    loose = decoder.generate(begins, [None] * len(begins), settings(form=form, strategy=strategy, seed=7))
     assert sum(check(t, prosody, form).conforms for t in loose.texts) < len(begins) / 2
 
 
@@ -78,7 +85,7 @@ def test_an_acrostic_character_that_fits_no_template_falls_back_and_is_counted(s
     vocab, prosody, decoder = setup
     ze = next(c for c in vocab.tokens[6:] if prosody.tone(c) == "仄" and c not in prosody.char_groups)
     # five characters: the 2nd line of every template needs 平 at its 1st position (孤平) or …
-    s = Settings(form="wujue", strict_tones=True, rhyme=True)
+    s = settings(form="wujue", tones="strict", rhyme=True)
     out = decoder.generate([None], [f"春{ze}{ze}{ze}"], s)
     assert format_ok(out.texts[0], "wujue") and [c[0] for c in clauses(out.texts[0])] == list(f"春{ze}{ze}{ze}")
     assert out.fallbacks[0] >= 0  # never an error; any conflict is counted, not hidden
@@ -87,15 +94,15 @@ def test_an_acrostic_character_that_fits_no_template_falls_back_and_is_counted(s
 def test_same_seed_same_poems_and_sampling_knobs(setup):
     vocab, _, decoder = setup
     begins = BEGINS * 3
-    s = Settings(strategy="sample", top_p=0.9, temperature=1.0, seed=11)
+    s = settings(strategy="sample", top_p=0.9, temperature=1.0, seed=11)
     a = decoder.generate(begins, [None] * len(begins), s, batch_size=8)
     b = decoder.generate(begins, [None] * len(begins), s, batch_size=8)
-    c = decoder.generate(begins, [None] * len(begins), Settings(strategy="sample", top_p=0.9, temperature=1.0, seed=12))
+    c = decoder.generate(begins, [None] * len(begins), settings(strategy="sample", top_p=0.9, temperature=1.0, seed=12))
     assert a.texts == b.texts and a.texts != c.texts
-    top1 = decoder.generate(begins, [None] * len(begins), Settings(strategy="sample", top_k=1, seed=5))
-    greedy = decoder.generate(begins, [None] * len(begins), Settings())
+    top1 = decoder.generate(begins, [None] * len(begins), settings(strategy="sample", top_k=1, seed=5))
+    greedy = decoder.generate(begins, [None] * len(begins), settings())
     assert top1.texts == greedy.texts
-    plain = decoder.generate(begins, [None] * len(begins), Settings(strategy="sample", top_p=1.0, seed=5))
+    plain = decoder.generate(begins, [None] * len(begins), settings(strategy="sample", top_p=1.0, seed=5))
     assert len(set(plain.texts)) == len(begins)
 
 
@@ -103,8 +110,9 @@ def test_same_seed_same_poems_and_sampling_knobs(setup):
 def test_a_poem_is_the_same_whatever_the_batch_size(setup, form):
     vocab, _, decoder = setup
     begins = [BEGINS[i % 7] for i in range(23)]
-    s = Settings(form=form, strategy="sample", top_p=0.95, temperature=1.2, seed=9, strict_tones=form != "free",
-                 rhyme=form != "free", no_repeat_ngram=2)
+    regular = form != "free"
+    s = settings(form=form, strategy="sample", top_p=0.95, temperature=1.2, seed=9,
+                 tones="strict" if regular else "loose", rhyme=regular, no_repeat_ngram=2)
     whole = decoder.generate(begins, [None] * 23, s).texts
     assert decoder.generate(begins, [None] * 23, s, batch_size=5).texts == whole
     assert decoder.generate(begins[7:], [None] * 16, s).texts != whole[7:]  # a poem's index is part of its seed
@@ -112,33 +120,33 @@ def test_a_poem_is_the_same_whatever_the_batch_size(setup, form):
 
 
 def test_uniform_draws_are_uniform_and_keyed_by_seed_poem_and_step():
-    from tangshi_pipeline.poet.decoding import _mix32, _uniform
+    from tangshi_pipeline.poet.sampling import mix32, uniform
 
     poems = torch.arange(200_000)
-    u = _uniform(42, poems, 3)[:, 0]
+    u = uniform(42, poems, 3)[:, 0]
     assert 0 <= float(u.min()) and float(u.max()) < 1
     counts = torch.histc(u, bins=20, min=0, max=1)
     assert float((counts / len(u) - 0.05).abs().max()) < 0.003  # within ~5 standard errors of flat
     assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 0.01  # neighbours unrelated
-    for other in (_uniform(43, poems, 3), _uniform(42, poems, 4), _uniform(42, poems + 1, 3)):
+    for other in (uniform(43, poems, 3), uniform(42, poems, 4), uniform(42, poems + 1, 3)):
         assert float((other[:, 0] == u).float().mean()) < 0.001
     xs = torch.tensor([0, 1, 2**31, 2**32 - 1])
-    assert _mix32(xs).tolist() == [_mix32(int(x)) for x in xs.tolist()]  # tensors and ints agree
-    assert _mix32(1) == 0x514E28B7  # MurmurHash3's fmix32(1)
-    assert len(set(_mix32(torch.arange(100_000)).tolist())) == 100_000  # a bijection: no collisions
+    assert mix32(xs).tolist() == [mix32(int(x)) for x in xs.tolist()]  # tensors and ints agree
+    assert mix32(1) == 0x514E28B7  # MurmurHash3's fmix32(1)
+    assert len(set(mix32(torch.arange(100_000)).tolist())) == 100_000  # a bijection: no collisions
 
 
 def test_sample_never_draws_a_zero_weight_token():
-    from tangshi_pipeline.poet.decoding import _sample
+    from tangshi_pipeline.poet.sampling import sample
 
     weights = torch.tensor([[0.0, 3.0, 0.0, 1.0, 0.0]]).repeat(3, 1)
     u = torch.tensor([[0.0], [0.7499], [1.0 - 2**-24]])
-    assert _sample(weights, u).tolist() == [1, 1, 3]
+    assert sample(weights, u).tolist() == [1, 1, 3]
 
 
 def test_free_acrostic_lines_start_with_its_characters(setup):
     vocab, _, decoder = setup
-    out = decoder.generate([None, None], ["春江花月夜", "明月"], Settings(strategy="sample", seed=3))
+    out = decoder.generate([None, None], ["春江花月夜", "明月"], settings(strategy="sample", seed=3))
     for text, acrostic in zip(out.texts, ["春江花月夜", "明月"]):
         lines = clauses(text)
         assert [c[0] for c in lines] == list(acrostic) and text.endswith("。")
@@ -147,19 +155,19 @@ def test_free_acrostic_lines_start_with_its_characters(setup):
 
 def test_max_length_caps_a_free_poem(setup):
     vocab, _, decoder = setup
-    out = decoder.generate(BEGINS, [None] * 7, Settings(max_length=12))
+    out = decoder.generate(BEGINS, [None] * 7, settings(max_length=12))
     assert all(len(t) <= 12 for t in out.texts)
 
 
 @pytest.mark.parametrize("width", [4, 3000])
 def test_top_p_keeps_the_smallest_set_reaching_p(width):
-    from tangshi_pipeline.poet.decoding import _nucleus
+    from tangshi_pipeline.poet.sampling import nucleus
 
     probs = torch.linspace(2.0, 1.0, width) ** 4  # strictly decreasing
     probs /= probs.sum()
     needed = int((probs.cumsum(0) < 0.6).sum()) + 1  # tokens needed to reach 0.6
     u = torch.rand(4000, 1, generator=torch.Generator().manual_seed(0))
-    drawn = _nucleus(probs.log().repeat(4000, 1), 0.6, u)
+    drawn = nucleus(probs.log().repeat(4000, 1), 0.6, u)
     assert int(drawn.max()) <= needed - 1 and int(drawn.max()) >= 0.9 * (needed - 1) and int(drawn.min()) == 0
 
 
@@ -173,14 +181,14 @@ def test_repeats_finds_what_would_repeat_an_ngram(setup):
     ids = lambda s: [vocab.index[c] for c in s]  # noqa: E731
     history = torch.tensor([ids("吹春风吹春风，春"), ids("山水山水，水山水")])
     pad = 0
-    pairs = decoder._repeats(history, 2)  # after 春: 风 (春风 seen); after 水: 山 (水山 seen, not 水，)
+    pairs = decoder.masks.repeats(history, 2)  # after 春: 风 (春风 seen); after 水: 山 (水山 seen, not 水，)
     assert sorted(set(pairs[0].tolist()) - {pad}) == ids("风")
     assert sorted(set(pairs[1].tolist()) - {pad}) == ids("山")
-    triples = decoder._repeats(history, 3)  # ，春 → nothing (punctuation); 山水 → 山 (山水山 seen)
+    triples = decoder.masks.repeats(history, 3)  # ，春 → nothing (punctuation); 山水 → 山 (山水山 seen)
     assert set(triples[0].tolist()) == {pad} and set(triples[1].tolist()) - {pad} == set(ids("山"))
-    singles = set(decoder._repeats(history, 1)[0].tolist()) - {pad}
+    singles = set(decoder.masks.repeats(history, 1)[0].tolist()) - {pad}
     assert singles == set(ids("春风吹"))  # every character so far, never punctuation
-    assert decoder._repeats(history[:, :1], 3) is None
+    assert decoder.masks.repeats(history[:, :1], 3) is None
 
 
 @pytest.mark.parametrize("form", ["free", "qilv"])
@@ -194,11 +202,11 @@ def test_no_repeat_ngram_never_repeats_a_pair_within_a_poem(setup, form):
     begins = [BEGINS[i % 7] for i in range(30)]
     for strategy in ("greedy", "sample"):
         kw = dict(form=form, strategy=strategy, seed=3, max_length=40, top_k=50)
-        plain = decoder.generate(begins, [None] * 30, Settings(**kw))
+        plain = decoder.generate(begins, [None] * 30, settings(**kw))
         assert sum(_repeated_pairs(t) for t in plain.texts) > 30, plain.texts[:3]
-        pairs = decoder.generate(begins, [None] * 30, Settings(no_repeat_ngram=2, **kw))
+        pairs = decoder.generate(begins, [None] * 30, settings(no_repeat_ngram=2, **kw))
         assert all(_repeated_pairs(t) == 0 for t in pairs.texts), pairs.texts
-        singles = decoder.generate(begins, [None] * 30, Settings(no_repeat_ngram=1, **kw))
+        singles = decoder.generate(begins, [None] * 30, settings(no_repeat_ngram=1, **kw))
         for text in singles.texts:
             chars = "".join(clauses(text))
             assert len(set(chars)) == len(chars), text
@@ -215,7 +223,7 @@ def test_rhyme_never_repeats_a_rhyme_character(setup, form):
         model.head.bias[favourite] += 8.0
     decoder = Decoder(model, vocab, prosody)
     begins = [BEGINS[i % 7] for i in range(20)]
-    s = Settings(form=form, strict_tones=True, rhyme=True, seed=1)
+    s = settings(form=form, tones="strict", rhyme=True, seed=1)
     out = decoder.generate(begins, [None] * 20, s)
     assert sum(out.fallbacks) == 0
     for text in out.texts:
@@ -233,18 +241,18 @@ def test_no_copy_never_completes_a_training_line(setup, form):
     vocab, prosody, _ = setup
     model = tiny_model(len(vocab), seed=4)
     begins = [BEGINS[i % 7] for i in range(14)]
-    s = Settings(form=form, strict_tones=True, rhyme=True)
+    s = settings(form=form, tones="strict", rhyme=True)
     greedy = Decoder(model, vocab, prosody).generate(begins, [None] * 14, s)
     lines = {c for t in greedy.texts for c in clauses(t)}  # pretend greedy's own lines are the training set
     guarded = Decoder(model, vocab, prosody, training_lines=lines).generate(
-        begins, [None] * 14, Settings(form=form, strict_tones=True, rhyme=True, no_copy=True))
+        begins, [None] * 14, settings(form=form, tones="strict", rhyme=True, no_copy=True))
     assert sum(guarded.fallbacks) == 0
     for text in guarded.texts:
         assert not set(clauses(text)) & lines, text
         result = check(text, prosody, form)
         assert result.format_ok and result.conforms and result.rhymes, text
     with pytest.raises(ValueError, match="no_copy needs the training lines"):
-        Decoder(model, vocab, prosody).generate(["日"], [None], Settings(form=form, no_copy=True))
+        Decoder(model, vocab, prosody).generate(["日"], [None], settings(form=form, no_copy=True))
 
 
 def test_bans_give_way_before_the_masks(setup):
@@ -254,12 +262,12 @@ def test_bans_give_way_before_the_masks(setup):
     mask = torch.zeros(2, len(vocab), dtype=torch.bool)
     mask[:, [a, b]] = True  # e.g. the rhyme group: only 楼 and 流 are legal
     banned = torch.tensor([[a, b], [a, 0]])  # poem 0: both banned (重韵, no_copy …); poem 1: only 楼
-    token, fell_back = decoder._choose(h, decoder.bias_content, Settings(), None, mask, decoder.bias_content, banned)
+    token, fell_back = decoder._choose(h, decoder.bias_content, settings(), None, mask, decoder.bias_content, banned)
     assert token.tolist()[1] == b and token.tolist()[0] in (a, b)  # the mask holds; the ban gave way
     assert not fell_back.any()
     nothing = torch.zeros_like(mask)
-    token, fell_back = decoder._choose(h, decoder.bias_content, Settings(), None, nothing, decoder.bias_content, banned)
-    assert fell_back.all() and all(bool(decoder.content[t]) for t in token)  # the masks fail: shape only
+    token, fell_back = decoder._choose(h, decoder.bias_content, settings(), None, nothing, decoder.bias_content, banned)
+    assert fell_back.all() and all(bool(decoder.masks.content[t]) for t in token)  # the masks fail: shape only
 
 
 @pytest.mark.parametrize("form", ["free", "qijue"])
@@ -268,22 +276,22 @@ def test_poems_of_several_requests_decoded_together_are_each_their_own(setup, fo
     into one batch and hand each request the poems it would get alone."""
     vocab, _, decoder = setup
     strict = form != "free"
-    settings = [Settings(form=form, strategy="sample", top_p=0.9, temperature=1.3, seed=seed,
-                         strict_tones=strict, rhyme=strict) for seed in (3, 4, 3)]
+    per_request = [settings(form=form, strategy="sample", top_p=0.9, temperature=1.3, seed=seed,
+                            tones="strict" if strict else "loose", rhyme=strict) for seed in (3, 4, 3)]
     # 4, 8, 4 poems: torch's CPU matrix products give a row the same bits in a batch of any multiple
     # of 4 rows, not in one of 1–3 (see studio.poet.ROWS); the keys are what is tested here
     requests = [(["日"] * 4, [None] * 4), (["月"] * 8, [None] * 8), (["山"] * 4, [None] * 4)]
-    alone = [decoder.generate(b, a, s).texts for (b, a), s in zip(requests, settings)]
+    alone = [decoder.generate(b, a, s).texts for (b, a), s in zip(requests, per_request)]
     begins = [c for b, _ in requests for c in b]
-    keys = [(s.seed, i) for (b, _), s in zip(requests, settings) for i in range(len(b))]
-    merged = decoder.generate(begins, [None] * len(begins), settings[0], keys=keys).texts
+    keys = [(s.seed, i) for (b, _), s in zip(requests, per_request) for i in range(len(b))]
+    merged = decoder.generate(begins, [None] * len(begins), per_request[0], keys=keys).texts
     assert merged == alone[0] + alone[1] + alone[2]
     assert alone[0][0][1:] != alone[2][0][1:]  # same seed, other begin character: the poems differ
 
 
 def test_mean_logprobs_are_the_model_s_own_per_character_log_probabilities(setup):
     vocab, _, decoder = setup
-    poems = decoder.generate(["日", "月"], [None, None], Settings(strategy="sample", seed=2), score=True)
+    poems = decoder.generate(["日", "月"], [None, None], settings(strategy="sample", seed=2), score=True)
     assert poems.scores == pytest.approx(decoder.mean_logprobs(poems.texts))
     for text, score in zip(poems.texts, poems.scores):  # the reference: one step at a time, the whole prefix
         ids = [2] + [vocab.index[c] for c in text]
@@ -291,4 +299,4 @@ def test_mean_logprobs_are_the_model_s_own_per_character_log_probabilities(setup
             logits, _ = decoder.model(torch.tensor([ids]))
         logp = logits[0, :-1].log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])
         assert score == pytest.approx(float(logp.mean()), abs=1e-5)
-    assert decoder.generate(["日"], [None], Settings()).scores == []  # only when asked
+    assert decoder.generate(["日"], [None], settings()).scores == []  # only when asked

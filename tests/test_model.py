@@ -93,3 +93,36 @@ def test_a_config_without_architecture_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config), "utf-8")
     with pytest.raises(ArtifactError, match=f"{tmp_path / 'config.json'}: architecture is missing"):
         load_artifact(tmp_path)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_one_token_at_a_time_is_the_forward_pass(cell):
+    """The single-step form decoding uses (the fused LSTM step for an LSTM) against the whole sequence."""
+    from tangshi_pipeline.poet.model import select_state
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(30, cell=cell, embedding_dim=6, hidden_dim=10, num_layers=2)).eval()
+    ids = torch.randint(0, 30, (4, 9))
+    step, state, outs = model.stepper(), None, []
+    with torch.no_grad():
+        whole, _ = model.features(ids)
+        for t in range(ids.shape[1]):
+            h, state = step(ids[:, t], state)
+            outs.append(h)
+        assert torch.allclose(torch.stack(outs, 1), whole, atol=1e-6)
+        keep = torch.tensor([True, False, True, False])  # finished poems drop out of the batch
+        kept, _ = step(ids[keep, 0], select_state(state, keep))
+        assert torch.allclose(kept, step(ids[:, 0], state)[0][keep], atol=1e-6)
+
+
+def test_a_model_of_another_vocabulary_is_one_check_naming_the_dataset():
+    from tangshi_pipeline.poet.model import vocabulary_mismatch
+    from tangshi_pipeline.poet.vocab import Vocab
+
+    vocab = Vocab(("<pad>", "<unk>", "G", "E", "春"), (0, 0, 1, 1, 1))
+    model = CharRNN(ModelConfig(len(vocab), hidden_dim=4, embedding_dim=2))
+    assert vocabulary_mismatch(Artifact(model, {"vocab_fingerprint": vocab.fingerprint}), vocab) is None
+    problem = vocabulary_mismatch(Artifact(model, {"vocab_fingerprint": "0" * 64}), vocab)
+    assert problem.startswith("the model was trained on vocabulary 000000000000… but the dataset `vocab`")
+    bigger = Vocab((*vocab.tokens, "月"), (*vocab.counts, 1))
+    assert "5 output tokens" in vocabulary_mismatch(Artifact(model, {"vocab_fingerprint": bigger.fingerprint}), bigger)

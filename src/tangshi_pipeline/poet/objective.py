@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from tangshi_pipeline.poet.batching import Buckets, head_nll, nll
+from tangshi_pipeline.poet.batching import Buckets
 from tangshi_pipeline.poet.devices import autocast
-from tangshi_pipeline.poet.model import CharRNN, ModelConfig
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig, head_nll, nll
 from tangshi_pipeline.poet.params import TrainingParams
 
 

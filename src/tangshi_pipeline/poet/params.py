@@ -154,12 +154,19 @@ SCHEMAS["training"] = TrainingParams
 
 # ------------------------------------------------------------------------------------ generate
 
+# the verse forms are those of the prosody tables (FORMS), and free verse
+Form = Literal[("free", *FORMS)]
+_REGULAR = ", ".join(list(FORMS)[:-1]) + f" or {list(FORMS)[-1]}"  # wujue, qijue, wulv or qilv
 
 
 class GenerateParams(Params):
+    """The ``generate`` parameters: which poems to write (begin_words, acrostic, num_samples), how
+    (the decoding settings, read by :class:`~tangshi_pipeline.poet.decoding.Decoder`) and where
+    (batch_size, device)."""
+
     begin_words: list[Char] = Field(min_length=1)
     acrostic: Annotated[str, Field(min_length=1, max_length=16)] | None
-    form: Literal["free", "wujue", "qijue", "wulv", "qilv"]
+    form: Form
     strategy: Literal["greedy", "sample"]
     temperature: float = Field(gt=0, le=10)
     top_k: int = Field(ge=0)
@@ -185,11 +192,11 @@ class GenerateParams(Params):
             )
         if self.form == "free" and (self.tones == "strict" or self.rhyme):
             raise ValueError(
-                "tones: strict and rhyme: true need a regular form (wujue, qijue, wulv or qilv); "
+                f"tones: strict and rhyme: true need a regular form ({_REGULAR}); "
                 "form free has no tone template or rhyme scheme"
             )
         if self.form == "free" and self.no_copy:
-            raise ValueError("no_copy: true needs a regular form (wujue, qijue, wulv or qilv): "
+            raise ValueError(f"no_copy: true needs a regular form ({_REGULAR}): "
                              "form free has no fixed line length to check at")
         starts = 1 if self.acrostic else len(self.begin_words)
         if self.num_samples * starts > MAX_POEMS:

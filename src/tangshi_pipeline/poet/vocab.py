@@ -46,10 +46,6 @@ class Vocab:
         """sha256 of the token list: models record it, generation checks it."""
         return hashlib.sha256("\n".join(self.tokens).encode("utf-8")).hexdigest()
 
-    def encode(self, text: str) -> np.ndarray:
-        index = self.index
-        return np.fromiter((index.get(ch, UNK_ID) for ch in text), dtype=np.int32, count=len(text))
-
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.tokens[i] for i in ids if i > END_ID)
 

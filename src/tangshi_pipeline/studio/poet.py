@@ -18,21 +18,23 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import opencc
 import pandas as pd
 from pydantic import ValidationError
 
-from tangshi_pipeline.poet.decoding import Decoder, Settings, is_hanzi
+from tangshi_pipeline.poet.constraints import is_hanzi
+from tangshi_pipeline.poet.decoding import Decoder
 from tangshi_pipeline.poet.model import Artifact
 from tangshi_pipeline.poet.params import GenerateParams
-from tangshi_pipeline.pipelines.generate.nodes import GenerationError, _check_inputs, poem_heads, settings_of
+from tangshi_pipeline.pipelines.generate.nodes import GenerationError, _check_inputs, poem_heads
 from tangshi_pipeline.poet.prosody import CLAUSE_END, FORMS, Check, Prosody, check, clauses, templates
 from tangshi_pipeline.poet.vocab import Vocab
 
 SERVER_FIELDS = ("batch_size", "device")   # set by `kedro serve`, not per request
+POEM_FIELDS = ("begin_words", "acrostic", "num_samples")  # which poems; the rest: how they are written
 API_FIELDS = tuple(f for f in GenerateParams.model_fields if f not in SERVER_FIELDS)
 MAX_POEMS = 16                             # poems per request (num_samples × begin characters)
 SOURCES_PER_LINE = 3                       # copied lines: at most this many source poems listed
@@ -61,13 +63,10 @@ class Request:
     acrostics: list[str | None]
 
     @property
-    def settings(self) -> Settings:
-        return settings_of(self.params)
-
-    @property
-    def group(self) -> Settings:
-        """Requests with equal groups are decoded together (each poem keeps its own seed)."""
-        return replace(self.settings, seed=0)
+    def group(self) -> tuple:
+        """Requests with equal groups are decoded together: the same decoding settings but the seed
+        (each poem keeps its own)."""
+        return tuple(self.params.model_dump(exclude={"seed", *POEM_FIELDS}).items())
 
 
 def line_sources(vectors: pd.DataFrame, clean_poems: pd.DataFrame, vocab: Vocab) -> dict[str, list[dict]]:
@@ -167,17 +166,18 @@ class Poet:
         """One request's poems, annotated, best first (a batch of one)."""
         return self.write_together(request.group, [request])[0]
 
-    def write_together(self, group: Settings, requests: list[Request]) -> list[list[dict[str, Any]]]:
-        """Decode several requests of one group in one batch; each request's poems, best first.
-        Every poem is drawn from its own request's (seed, poem index), so it is the poem that
-        request gets alone."""
+    def write_together(self, group: tuple, requests: list[Request]) -> list[list[dict[str, Any]]]:
+        """Decode several requests of one :attr:`Request.group` in one batch, with the first one's
+        settings; each request's poems, best first. Every poem is drawn from its own request's
+        (seed, poem index), so it is the poem that request gets alone."""
         begins, acrostics, keys = [], [], []
         for r in requests:
             begins += r.begins
             acrostics += r.acrostics
             keys += [(r.params.seed, i) for i in range(len(r.begins))]
         padding = -len(begins) % ROWS
-        poems = self.decoder.generate(begins + begins[:1] * padding, acrostics + acrostics[:1] * padding, group,
+        poems = self.decoder.generate(begins + begins[:1] * padding, acrostics + acrostics[:1] * padding,
+                                      requests[0].params,
                                       batch_size=len(begins) + padding, keys=keys + keys[:1] * padding, score=True)
         out, start = [], 0
         for r in requests:

@@ -104,6 +104,6 @@ def test_missing_model_says_run_training(processed):
 
 def test_model_of_another_vocabulary_is_refused(processed):
     save_model(processed.path, fingerprint="0" * 64)
-    with pytest.raises(Exception, match=r"trained on vocabulary 000000000000… but data/05_model_input/vocab.json"):
+    with pytest.raises(Exception, match=r"trained on vocabulary 000000000000… but the dataset `vocab`"):
         processed.run("generate", params={"generate": {"begin_words": ["日"]}})
     assert not (processed.path / "data/08_reporting/generation_report.json").exists()

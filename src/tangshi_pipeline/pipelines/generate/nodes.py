@@ -12,8 +12,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tangshi_pipeline.poet.decoding import Decoder, Settings, is_hanzi
-from tangshi_pipeline.poet.model import Artifact
+from tangshi_pipeline.poet.constraints import is_hanzi
+from tangshi_pipeline.poet.decoding import Decoder
+from tangshi_pipeline.poet.model import Artifact, vocabulary_mismatch
 from tangshi_pipeline.poet.params import GenerateParams, parse
 from tangshi_pipeline.poet.prosody import FORM_NAMES, FORMS, Prosody, check, clauses, sentences
 from tangshi_pipeline.poet.vocab import Vocab
@@ -24,18 +25,10 @@ class GenerationError(ValueError):
 
 
 def _check_inputs(model: Artifact, vocab: Vocab, p: GenerateParams) -> None:
-    fingerprint = model.vocab_fingerprint
-    if fingerprint != vocab.fingerprint:
+    if problem := vocabulary_mismatch(model, vocab):
         raise GenerationError(
-            f"the model was trained on vocabulary {str(fingerprint)[:12]}… but data/05_model_input/vocab.json "
-            f"is {vocab.fingerprint[:12]}… (the data was re-processed since): retrain with "
-            f"`kedro run --pipelines=training`, or pin a model trained on this vocabulary with "
-            f"--load-versions=model:<version>."
-        )
-    if model.model.config.vocab_size != len(vocab):
-        raise GenerationError(
-            f"the model has {model.model.config.vocab_size} output tokens but the vocabulary has "
-            f"{len(vocab)}: retrain with `kedro run --pipelines=training`."
+            f"{problem}: retrain with `kedro run --pipelines=training`, or pin a model trained on this "
+            f"vocabulary with --load-versions=model:<version>."
         )
     index = vocab.index
     where, chars = ("generate.acrostic", p.acrostic) if p.acrostic else ("generate.begin_words", p.begin_words)
@@ -44,7 +37,7 @@ def _check_inputs(model: Artifact, vocab: Vocab, p: GenerateParams) -> None:
             raise GenerationError(
                 f"{where}: character {ch!r} is not in the model's vocabulary"
                 f"{' (it is a special token or punctuation)' if ch in index else ''}: "
-                f"use characters seen in the corpus (data/05_model_input/vocab.json)."
+                f"use characters seen in the corpus (the dataset `vocab`)."
             )
     if p.form in FORMS and not all(c in index for c in "，。"):
         raise GenerationError(f"generate.form = {p.form!r}: the vocabulary has no ， or 。; use form free.")
@@ -53,12 +46,6 @@ def _check_inputs(model: Artifact, vocab: Vocab, p: GenerateParams) -> None:
             torch.empty(0, device=p.device)
         except (RuntimeError, AssertionError) as exc:
             raise GenerationError(f"generate.device = {p.device!r} is not available ({exc}); use cpu.") from None
-
-
-def settings_of(p: GenerateParams) -> Settings:
-    return Settings(form=p.form, strategy=p.strategy, temperature=p.temperature, top_k=p.top_k,
-                    top_p=p.top_p, max_length=p.max_length, strict_tones=p.tones == "strict",
-                    rhyme=p.rhyme, no_repeat_ngram=p.no_repeat_ngram, no_copy=p.no_copy, seed=p.seed)
 
 
 def poem_heads(p: GenerateParams) -> tuple[list[str | None], list[str | None]]:
@@ -79,7 +66,7 @@ def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table
     lines = training_clauses(vectors, v) if p.no_copy else ()
     decoder = Decoder(model.model, v, Prosody.from_json(tone_lexicon, rhyme_table), p.device, lines)
     begins, acrostics = poem_heads(p)
-    poems = decoder.generate(begins, acrostics, settings_of(p), p.batch_size)
+    poems = decoder.generate(begins, acrostics, p, p.batch_size)
     settings = p.model_dump(exclude={"begin_words", "acrostic", "batch_size", "device"})
     records = [
         {"begin": begin, "acrostic": acrostic, "form": p.form, "text": text, "lines": sentences(text),

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from tangshi_pipeline.poet.batching import Buckets, split_sequences
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tangshi_pipeline.poet.devices import eval_batch, resolve_device, torch_settings
-from tangshi_pipeline.poet.model import Artifact
+from tangshi_pipeline.poet.model import Artifact, vocabulary_mismatch
 from tangshi_pipeline.poet.objective import evaluate
 from tangshi_pipeline.poet.params import TrainingParams, parse
 from tangshi_pipeline.poet.training import train_poet
@@ -29,9 +29,8 @@ def evaluate_model(model: Artifact, vectors: pd.DataFrame, vocab: dict, device: 
                    precision: str) -> dict[str, Any]:
     """Perplexity and bits per character of the held-out splits (per predicted token, end token included),
     on ``device`` (``training.device``; on the CPU with ``training.threads``) in ``precision``."""
-    if model.vocab_fingerprint != Vocab.from_json(vocab).fingerprint:
-        raise ValueError("the model was trained on a different vocabulary than the `vocab` dataset; "
-                         "retrain it (kedro run --pipelines=training)")
+    if problem := vocabulary_mismatch(model, Vocab.from_json(vocab)):
+        raise ValueError(f"{problem}; retrain it (kedro run --pipelines=training)")
     target = resolve_device(device)
     net = model.model.to(target)
     metrics: dict[str, Any] = {"architecture": {k: v for k, v in vars(net.config).items()},
