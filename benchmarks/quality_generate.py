@@ -31,10 +31,10 @@ from kedro.io import Version
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import generate_params, write_results  # noqa: E402
 
-from tangshi_pipeline.plumbing.datasets import ModelArtifact  # noqa: E402
-from tangshi_pipeline.poet.decoding import Decoder  # noqa: E402
-from tangshi_pipeline.poet.model import load_artifact  # noqa: E402
 from tangshi_pipeline.pipelines.generate.nodes import poem_report, training_clauses  # noqa: E402
+from tangshi_pipeline.plumbing.datasets import ModelArtifact  # noqa: E402
+from tangshi_pipeline.poet.artifact import load_artifact  # noqa: E402
+from tangshi_pipeline.poet.decoding import Decoder  # noqa: E402
 from tangshi_pipeline.poet.prosody import FORMS, Prosody, shape_of  # noqa: E402
 from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 

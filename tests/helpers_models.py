@@ -10,11 +10,11 @@ import numpy as np
 import opencc
 import pandas as pd
 import torch
-
-from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig
 import yaml
 
 from tangshi_pipeline.plumbing.datasets import PackageJSONDataset
+from tangshi_pipeline.poet.artifact import Artifact
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig
 from tangshi_pipeline.poet.prosody import EITHER, PING, ZE, Prosody, build_rhyme_table
 from tangshi_pipeline.poet.vocab import Vocab
 

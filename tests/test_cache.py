@@ -318,7 +318,8 @@ def test_models_command_lists_versions_with_metrics(project):
 
     from tangshi_pipeline.cli import cli
     from tangshi_pipeline.plumbing.datasets import ModelArtifact
-    from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig
+    from tangshi_pipeline.poet.artifact import Artifact
+    from tangshi_pipeline.poet.model import CharRNN, ModelConfig
 
     for version, ppl in [("2026-01-01T00.00.00.000Z", 300.5), ("2026-02-01T00.00.00.000Z", 120.25)]:
         ModelArtifact("data/06_models/poet", version=Version(None, version)).save(Artifact(

@@ -19,10 +19,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.batching import Buckets
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tangshi_pipeline.poet.distributed import ONE_PROCESS, GroupComm
-from tangshi_pipeline.poet.model import Artifact
 from tangshi_pipeline.poet.training import NonFiniteLoss, fit
 from tangshi_pipeline.poet.vocab import END_ID, START_ID
 from tests.test_training import CPU, V, config, params

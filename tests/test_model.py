@@ -7,14 +7,8 @@ import torch
 from kedro.io import DatasetError, Version
 
 from tangshi_pipeline.plumbing.datasets import ModelArtifact
-from tangshi_pipeline.poet.model import (
-    Artifact,
-    ArtifactError,
-    CharRNN,
-    ModelConfig,
-    load_artifact,
-    save_artifact,
-)
+from tangshi_pipeline.poet.artifact import Artifact, ArtifactError, load_artifact, save_artifact
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -116,7 +110,7 @@ def test_one_token_at_a_time_is_the_forward_pass(cell):
 
 
 def test_a_model_of_another_vocabulary_is_one_check_naming_the_dataset():
-    from tangshi_pipeline.poet.model import vocabulary_mismatch
+    from tangshi_pipeline.poet.artifact import vocabulary_mismatch
     from tangshi_pipeline.poet.vocab import Vocab
 
     vocab = Vocab(("<pad>", "<unk>", "G", "E", "春"), (0, 0, 1, 1, 1))

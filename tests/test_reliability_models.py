@@ -21,8 +21,9 @@ import torch
 
 from tangshi_pipeline.plumbing import datasets
 from tangshi_pipeline.plumbing.datasets import ModelArtifact
+from tangshi_pipeline.poet.artifact import Artifact, save_artifact
 from tangshi_pipeline.poet.checkpoints import CheckpointError, CheckpointStore
-from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig, save_artifact
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig
 from tests.helpers import KEDRO, ROOT, kedro, kedro_env, one_line
 from tests.helpers_models import save_model
 
@@ -107,8 +108,8 @@ def test_a_write_that_fails_part_way_never_becomes_the_latest_version(tmp_path, 
         (folder / "weights.safetensors").write_bytes(b"\0" * 100)
         raise OSError(28, "No space left on device")
 
-    import tangshi_pipeline.poet.model as model_module
-    monkeypatch.setattr(model_module, "save_artifact", disk_full)
+    import tangshi_pipeline.poet.artifact as artifact_module
+    monkeypatch.setattr(artifact_module, "save_artifact", disk_full)
     dataset = ModelArtifact(str(root), version=datasets.Version(None, None))
     with pytest.raises(Exception, match="No space left"):
         dataset.save(Artifact(CharRNN(ModelConfig(12))))

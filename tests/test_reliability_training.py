@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tangshi_pipeline.poet.model import Artifact
+from tangshi_pipeline.poet.artifact import Artifact
 from tests.helpers import KEDRO, kedro, kedro_env, one_line
 
 TINY = ("training.embedding_dim=8,training.hidden_dim=16,training.batch_size=4,training.device=cpu,"

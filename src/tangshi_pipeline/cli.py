@@ -87,7 +87,7 @@ def model_versions(catalog, dataset_name: str = "model") -> list[dict[str, Any]]
 
 
 def _version_row(version: str, folder: Path) -> dict[str, Any]:
-    from tangshi_pipeline.poet.model import SHA256, ArtifactError, read_artifact, read_config
+    from tangshi_pipeline.poet.artifact import SHA256, ArtifactError, read_artifact, read_config
 
     row = {"version": version, "path": str(folder), "metrics": {}, "vocab_fingerprint": None,
            "architecture": None, "verified": False, "error": None}

@@ -37,7 +37,7 @@ from tangshi_pipeline.poet.checkpoints import CheckpointStore
 
 if TYPE_CHECKING:  # torch (through the model module) is imported on first use, not with the catalog
 
-    from tangshi_pipeline.poet.model import Artifact
+    from tangshi_pipeline.poet.artifact import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
 
     Each version is written into a hidden temporary folder and renamed into place, so a version
     folder exists only once it is complete. Loading uses safetensors and JSON, never pickle, and
-    checks the files (see :func:`~tangshi_pipeline.poet.model.read_artifact`). A broken version is an
+    checks the files (see :func:`~tangshi_pipeline.poet.artifact.read_artifact`). A broken version is an
     error that names it and the newest good version to pin: there is no silent fall-back to an
     older model.
     """
@@ -189,7 +189,7 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
         return {"filepath": self._filepath, "version": self._version}
 
     def load(self) -> Artifact:
-        from tangshi_pipeline.poet.model import ArtifactError, load_artifact
+        from tangshi_pipeline.poet.artifact import ArtifactError, load_artifact
 
         try:
             version = self.resolve_load_version()
@@ -219,7 +219,7 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
 
     def newest_good_version(self, besides: str | None = None) -> str | None:
         """The newest version (other than ``besides``) whose files pass every load check."""
-        from tangshi_pipeline.poet.model import ArtifactError, read_artifact
+        from tangshi_pipeline.poet.artifact import ArtifactError, read_artifact
 
         for version in self.versions():
             if version == besides:
@@ -232,7 +232,7 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
         return None
 
     def save(self, data: Artifact) -> None:
-        from tangshi_pipeline.poet.model import save_artifact
+        from tangshi_pipeline.poet.artifact import save_artifact
 
         with publish_folder(Path(self._get_save_path())) as tmp:
             save_artifact(tmp, data)

@@ -36,8 +36,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from tangshi_pipeline.poet.artifact import Artifact, load_artifact, save_artifact
 from tangshi_pipeline.poet.devices import resolve_device
-from tangshi_pipeline.poet.model import Artifact, load_artifact, save_artifact
 from tangshi_pipeline.poet.params import ParameterError
 
 if dist.is_available():

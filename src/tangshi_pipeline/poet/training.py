@@ -29,16 +29,24 @@ from typing import Any
 import pandas as pd
 import torch
 
+from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.batching import Buckets, split_sequences
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tangshi_pipeline.poet.devices import autocast, eval_batch, resolve_device, torch_settings
 from tangshi_pipeline.poet.distributed import ONE_PROCESS, Comm, spawn
-from tangshi_pipeline.poet.model import Artifact, CharRNN, ModelConfig
+from tangshi_pipeline.poet.model import CharRNN, ModelConfig
 from tangshi_pipeline.poet.objective import StepLoss, evaluate, initial_model, make_optimizer
 from tangshi_pipeline.poet.params import TrainingParams
 from tangshi_pipeline.poet.progress import ProgressBar
-from tangshi_pipeline.poet.training_state import (NonFiniteLoss, Position, compatibility, non_finite_error,
-                                                  require_finite, resume, state_tensors)
+from tangshi_pipeline.poet.training_state import (
+    NonFiniteLoss,
+    Position,
+    compatibility,
+    non_finite_error,
+    require_finite,
+    resume,
+    state_tensors,
+)
 from tangshi_pipeline.poet.vocab import Vocab
 
 log = logging.getLogger(__name__)

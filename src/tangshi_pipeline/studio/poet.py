@@ -25,12 +25,20 @@ import opencc
 import pandas as pd
 from pydantic import ValidationError
 
+from tangshi_pipeline.pipelines.generate.nodes import GenerationError, _check_inputs, poem_heads
+from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.constraints import is_hanzi
 from tangshi_pipeline.poet.decoding import Decoder
-from tangshi_pipeline.poet.model import Artifact
 from tangshi_pipeline.poet.params import GenerateParams
-from tangshi_pipeline.pipelines.generate.nodes import GenerationError, _check_inputs, poem_heads
-from tangshi_pipeline.poet.prosody import CLAUSE_END, FORMS, Check, Prosody, check, clauses, templates
+from tangshi_pipeline.poet.prosody import (
+    CLAUSE_END,
+    FORMS,
+    Check,
+    Prosody,
+    check,
+    clauses,
+    templates,
+)
 from tangshi_pipeline.poet.vocab import Vocab
 
 SERVER_FIELDS = ("batch_size", "device")   # set by `kedro serve`, not per request

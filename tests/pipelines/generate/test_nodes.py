@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tangshi_pipeline.pipelines.generate.nodes import generate_poems, render_page, report_generation
-from tangshi_pipeline.poet.model import Artifact
+from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.params import GenerateParams, parse
 from tangshi_pipeline.poet.prosody import check, clauses, sentences
 from tests.helpers import shipped_params

@@ -9,7 +9,7 @@ import pytest
 from kedro.runner import SequentialRunner
 
 from tangshi_pipeline.pipelines.generate import create_pipeline
-from tangshi_pipeline.poet.model import Artifact
+from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.params import ParameterError
 from tests.helpers import memory_catalog, shipped_params
 from tests.helpers_models import POEMS, pingshui_prosody, save_model, tiny_model, vectors_of

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from tangshi_pipeline.pipelines.training.nodes import evaluate_model, train, training_curve
+from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
-from tangshi_pipeline.poet.model import Artifact
 from tests.helpers import shipped_params
 from tests.helpers_models import POEMS, tiny_model, vectors_of, vocab_of
 

@@ -10,8 +10,8 @@ from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 
 from tangshi_pipeline.pipelines.training import create_pipeline
+from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
-from tangshi_pipeline.poet.model import Artifact
 from tests.helpers import memory_catalog, shipped_params
 from tests.helpers_models import POEMS, vectors_of, vocab_of
 

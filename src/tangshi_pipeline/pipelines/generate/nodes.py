@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from tangshi_pipeline.poet.artifact import Artifact, vocabulary_mismatch
 from tangshi_pipeline.poet.constraints import is_hanzi
 from tangshi_pipeline.poet.decoding import Decoder
-from tangshi_pipeline.poet.model import Artifact, vocabulary_mismatch
 from tangshi_pipeline.poet.params import GenerateParams, parse
 from tangshi_pipeline.poet.prosody import FORM_NAMES, FORMS, Prosody, check, clauses, sentences
 from tangshi_pipeline.poet.vocab import Vocab

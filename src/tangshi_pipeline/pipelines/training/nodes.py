@@ -8,10 +8,10 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from tangshi_pipeline.poet.artifact import Artifact, vocabulary_mismatch
 from tangshi_pipeline.poet.batching import Buckets, split_sequences
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tangshi_pipeline.poet.devices import eval_batch, resolve_device, torch_settings
-from tangshi_pipeline.poet.model import Artifact, vocabulary_mismatch
 from tangshi_pipeline.poet.objective import evaluate
 from tangshi_pipeline.poet.params import TrainingParams, parse
 from tangshi_pipeline.poet.training import train_poet
