@@ -1,9 +1,9 @@
-"""Project commands: Kedro's ``run`` with ``--force``, and ``kedro models``.
+"""Project commands: Kedro's ``run`` with ``--force``, ``kedro models`` and ``kedro serve``.
 
 ``kedro run`` is Kedro's own command (every option kept) plus ``--force``: run every node whatever
 the stage cache says, and refresh its records (the same as ``TANGSHI_FORCE_RUN=1``). Caching
 itself is in :mod:`tangshi_pipeline.plumbing.cache` (``SESSION_CLASS``), so it also applies to runs
-started from Python. A run that fails (a bad parameter, a bad input file, an unknown node name)
+started from Python through ``settings.SESSION_CLASS`` (a plain ``KedroSession`` says it runs without it). A run that fails (a bad parameter, a bad input file, an unknown node name)
 ends with its one-line message and exit code 1; the traceback only with ``--verbose``.
 
 ``kedro models`` lists the saved versions of the ``model`` dataset, newest first, with the metrics
@@ -25,8 +25,10 @@ from kedro.framework.cli.project import run as kedro_run
 from kedro.framework.cli.utils import env_option
 from kedro.framework.project import settings
 from kedro.framework.startup import bootstrap_project
+from kedro.io import DatasetError
 
 from tangshi_pipeline.plumbing.cache import FORCE_ENV
+from tangshi_pipeline.plumbing.model_versions import model_versions
 
 
 @click.group(name="tangshi-pipeline")
@@ -74,34 +76,6 @@ run = click.Command(
 cli.add_command(run)
 
 
-def model_versions(catalog, dataset_name: str = "model") -> list[dict[str, Any]]:
-    """Versions of a versioned model dataset, newest first: version, path, what config.json says
-    and ``error`` (None, or why the version cannot be loaded: every load check is run)."""
-    dataset = catalog.get(dataset_name)
-    if dataset is None:
-        raise click.ClickException(f"no dataset {dataset_name!r} in the catalog")
-    if not hasattr(dataset, "list_versions") or not getattr(dataset, "_version", None):
-        raise click.ClickException(f"dataset {dataset_name!r} is not versioned (set `versioned: true`)")
-    return [_version_row(version, Path(str(dataset._get_versioned_path(version))))
-            for version in dataset.list_versions(full_path=False)]
-
-
-def _version_row(version: str, folder: Path) -> dict[str, Any]:
-    from tangshi_pipeline.poet.artifact import SHA256, ArtifactError, read_artifact, read_config
-
-    row = {"version": version, "path": str(folder), "metrics": {}, "vocab_fingerprint": None,
-           "architecture": None, "verified": False, "error": None}
-    try:
-        config = read_config(folder)
-        metrics = config.get("metrics")
-        row.update(metrics=metrics if isinstance(metrics, dict) else {}, architecture=config.get("architecture"),
-                   vocab_fingerprint=config.get("vocab_fingerprint"), verified=SHA256 in config)
-        read_artifact(folder)
-    except ArtifactError as exc:
-        row.update(verified=False, error=str(exc))
-    return row
-
-
 def _status(row: dict[str, Any]) -> str:
     if row["error"]:
         return f"broken: {row['error']}"
@@ -133,7 +107,10 @@ def models(env: str | None, dataset: str, as_json: bool) -> None:
         logging.disable(logging.INFO)
     try:
         with settings.SESSION_CLASS.create(project_path=project, env=env) as session:
-            rows = model_versions(session.load_context().catalog, dataset)
+            try:
+                rows = model_versions(session.load_context().catalog, dataset)
+            except DatasetError as exc:
+                raise click.ClickException(str(exc)) from None
     finally:
         logging.disable(logging.NOTSET)
     if as_json:

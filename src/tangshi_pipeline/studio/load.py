@@ -56,7 +56,7 @@ def load_poet(project_path: Path, env: str | None = None, model_version: str | N
     from kedro.framework.project import settings
     from kedro.framework.startup import bootstrap_project
 
-    from tangshi_pipeline.cli import model_versions
+    from tangshi_pipeline.plumbing.model_versions import model_versions
 
     bootstrap_project(project_path)
     with settings.SESSION_CLASS.create(project_path=project_path, env=env) as session:
