@@ -1,4 +1,5 @@
-"""Publishing files and folders atomically, the one way the project writes them.
+"""Publishing files and folders atomically, the one way the project writes them, and the content
+hash it records of them (:func:`sha256_of`).
 
 Everything is written under a hidden temporary name beside its target and renamed into place, so
 an interrupted write (Ctrl-C, ``kill -9``, a full disk) never leaves something that looks
@@ -7,6 +8,7 @@ complete: readers see the old file or folder, or the new one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -52,3 +54,9 @@ def publish_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

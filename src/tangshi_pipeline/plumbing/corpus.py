@@ -30,7 +30,6 @@ import argparse
 import base64
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -38,6 +37,8 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from tangshi_pipeline.atomic import publish_folder, sha256_of
 
 PACKAGE = "chinese-poetry"
 VERSION = "2.0.1"
@@ -91,11 +92,6 @@ def sri_sha512(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return "sha512-" + base64.b64encode(digest.digest()).decode()
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_manifest(folder: Path, source: str) -> dict:
@@ -186,9 +182,7 @@ def _publish(members: dict[str, bytes | Path], target: Path, source: str) -> Non
             f"{strains} strains files (expected {EXPECTED_POEM_FILES} each) and "
             f"{'an' if 'authors.tang.json' in members else 'no'} authors.tang.json."
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
+    with publish_folder(target) as tmp:  # an existing target is swapped out, then deleted
         for name, content in sorted(members.items()):
             out = tmp / name
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -197,22 +191,6 @@ def _publish(members: dict[str, bytes | Path], target: Path, source: str) -> Non
             else:
                 out.write_bytes(content)
         write_manifest(tmp, source)
-        _replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace(new: Path, target: Path) -> None:
-    """Rename the folder ``new`` to ``target``; an existing ``target`` is moved aside first and
-    deleted after. Each rename is atomic: ``target`` is always either the old folder, the new
-    one or absent (then the next ``make data`` fetches it)."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def extract_tarball(tarball: Path, target: Path, integrity: str = INTEGRITY) -> None:

@@ -8,7 +8,6 @@ a NaN or an infinity is never written, and one found on disk is skipped for an o
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import shutil
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError
 
-from tangshi_pipeline.atomic import publish_folder
+from tangshi_pipeline.atomic import publish_folder, sha256_of
 
 if TYPE_CHECKING:  # torch is imported on first use (the catalog loads this module)
     import torch
@@ -35,11 +34,6 @@ class CheckpointError(ValueError):
 def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors that hold a NaN or an infinity."""
     return [name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _last_touched(folder: Path) -> float:

@@ -98,8 +98,6 @@ def _range(model: type[BaseModel], loc: tuple) -> tuple[Any, Any] | None:
 
 def parse(model: type[M], section: str, raw: Any) -> M:
     """Validate ``raw`` (the ``params:<section>`` dict) into ``model``, or raise ParameterError."""
-    if isinstance(raw, model):
-        return raw
     try:
         return model.model_validate(raw if raw is not None else {})
     except ValidationError as exc:

@@ -101,7 +101,6 @@ def _on_ranks_here(vectors: pd.DataFrame, vocab: Vocab, p: TrainingParams, store
                    ) -> tuple[Artifact, pd.DataFrame]:
     """:func:`train_poet` on ``p.world_size`` ranks started on this machine: rank 0's model, and its
     history (handed back in the model's metadata)."""
-    p = TrainingParams.model_validate(p.model_dump())  # plain values for the ranks (a node may get a subclass)
     artifact = spawn(p.world_size, p.device, _rank, (vectors, vocab, p, store))
     return artifact, pd.DataFrame(artifact.meta.pop("history"), columns=HISTORY_COLUMNS)
 
