@@ -58,7 +58,7 @@ viz-build: $(STAMP)
 bench: data
 	$(BIN)/python benchmarks/run.py
 
-# The poem studio on 127.0.0.1 (needs a trained model: `make run` or `kedro run --pipeline=training`).
+# The poem studio on 127.0.0.1 (needs a trained model: `make run` or `kedro run --pipelines=training`).
 PORT ?= 8000
 serve: $(STAMP)
 	$(BIN)/kedro serve --host 127.0.0.1 --port $(PORT) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
