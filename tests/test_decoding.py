@@ -262,11 +262,13 @@ def test_bans_give_way_before_the_masks(setup):
     mask = torch.zeros(2, len(vocab), dtype=torch.bool)
     mask[:, [a, b]] = True  # e.g. the rhyme group: only 楼 and 流 are legal
     banned = torch.tensor([[a, b], [a, 0]])  # poem 0: both banned (重韵, no_copy …); poem 1: only 楼
-    token, fell_back = decoder._choose(h, decoder.bias_content, settings(), None, mask, decoder.bias_content, banned)
+    token, fell_back = decoder._choose(decoder._raw(h), decoder.off_content, settings(), None, mask, decoder.off_content,
+                                      banned)
     assert token.tolist()[1] == b and token.tolist()[0] in (a, b)  # the mask holds; the ban gave way
     assert not fell_back.any()
     nothing = torch.zeros_like(mask)
-    token, fell_back = decoder._choose(h, decoder.bias_content, settings(), None, nothing, decoder.bias_content, banned)
+    token, fell_back = decoder._choose(decoder._raw(h), decoder.off_content, settings(), None, nothing,
+                                      decoder.off_content, banned)
     assert fell_back.all() and all(bool(decoder.masks.content[t]) for t in token)  # the masks fail: shape only
 
 
@@ -289,14 +291,19 @@ def test_poems_of_several_requests_decoded_together_are_each_their_own(setup, fo
     assert alone[0][0][1:] != alone[2][0][1:]  # same seed, other begin character: the poems differ
 
 
-def test_mean_logprobs_are_the_model_s_own_per_character_log_probabilities(setup):
+def test_every_poem_is_scored_with_the_model_s_own_per_character_log_probability(setup):
     vocab, _, decoder = setup
-    poems = decoder.generate(["日", "月"], [None, None], settings(strategy="sample", seed=2), score=True)
-    assert poems.scores == pytest.approx(decoder.mean_logprobs(poems.texts))
-    for text, score in zip(poems.texts, poems.scores):  # the reference: one step at a time, the whole prefix
-        ids = [2] + [vocab.index[c] for c in text]
-        with torch.no_grad():
-            logits, _ = decoder.model(torch.tensor([ids]))
-        logp = logits[0, :-1].log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])
-        assert score == pytest.approx(float(logp.mean()), abs=1e-5)
-    assert decoder.generate(["日"], [None], settings()).scores == []  # only when asked
+    cases = [settings(strategy="sample", seed=2), settings(),  # free: sampled, greedy
+             settings(form="qijue", tones="strict", rhyme=True, strategy="sample", seed=3),  # forced punctuation
+             settings(form="wujue", acrostic="日月山水")]  # forced line heads
+    for s in cases:
+        poems = decoder.generate(["日", "月"], [None, None], s) if s.acrostic is None else \
+            decoder.generate([None], [s.acrostic], s)
+        assert len(poems.scores) == len(poems.texts)
+        assert poems.scores == pytest.approx(decoder.mean_logprobs(poems.texts), abs=1e-5)
+        for text, score in zip(poems.texts, poems.scores):  # the reference: the whole prefix at once
+            ids = [2] + [vocab.index[c] for c in text]
+            with torch.no_grad():
+                logits, _ = decoder.model(torch.tensor([ids]))
+            logp = logits[0, :-1].log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])
+            assert score == pytest.approx(float(logp.mean()), abs=1e-5)

@@ -157,22 +157,25 @@ def serve(env: str | None, host: str, port: int, model_version: str | None, wind
     import uvicorn
 
     from tangshi_pipeline.studio.app import create_app
+    from tangshi_pipeline.studio.batching import decoder_thread
     from tangshi_pipeline.studio.load import StudioError, load_poet
 
     log = logging.getLogger("tangshi_pipeline.studio")
     _check_port(host, port)  # before the model is loaded: a busy port fails at once
+    pool = decoder_thread()  # loads the model and decodes: torch runs on this one thread only
     if threads:
-        torch.set_num_threads(threads)
+        pool.submit(torch.set_num_threads, threads).result()
     try:
-        poet, models = load_poet(Path.cwd(), env, model_version)
+        poet, models = pool.submit(load_poet, Path.cwd(), env, model_version).result()
     except StudioError as exc:
+        pool.shutdown()
         raise click.ClickException(str(exc)) from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the studio has no authentication; anyone who reaches this port can use it", host)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     log.info("Poem studio: %s (model %s, %d training lines, OpenAPI at %sdocs)", url, poet.version,
              len(poet.sources), url)
-    uvicorn.run(create_app(poet, models, window=window_ms / 1000), host=host, port=port, log_config=None,
+    uvicorn.run(create_app(poet, models, window=window_ms / 1000, pool=pool), host=host, port=port, log_config=None,
                 log_level="info", access_log=False)
 
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tangshi_pipeline.poet.prosody import clauses, format_ok, templates
-from tangshi_pipeline.studio.app import create_app
+from tangshi_pipeline.studio.app import Poems, create_app
 from tangshi_pipeline.studio.load import load_poet
 from tangshi_pipeline.studio.poet import API_FIELDS, MAX_POEMS
 from tests.helpers import ROOT, nest, shipped_params
@@ -76,6 +76,17 @@ def test_candidates_are_ranked_by_score_and_annotated(client, poet, studio_proje
                 if c["rhyme"]:
                     assert c["rhyme"]["ok"] and verdict["rhyme_group"] in c["rhyme"]["groups"]
             assert line["copied_from"] == p.sources.get(line["text"], [])
+
+
+@pytest.mark.parametrize("body", [QIJUE, {"begin_words": ["日", "月"], "num_samples": 2},
+                                  {"form": "wulv", "begin_words": ["日"], "strategy": "greedy"}])
+def test_the_answer_is_exactly_the_documented_schema(client, body):
+    # the poems are returned as built (FastAPI does not re-validate them): the Poems model must
+    # still describe every field, no more and no fewer
+    response = post(client, body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert Poems.model_validate(data).model_dump(mode="json") == data
 
 
 def test_loose_poems_show_their_failing_positions(client):

@@ -16,9 +16,10 @@ poems to write (begin characters, acrostics) and in batches of how many are the 
 Each poem's random draws come from (seed, poem index, step) alone (:mod:`.sampling`): by default
 the settings' seed and the poem's position in the call, or a (seed, index) key per poem
 (``generate(..., keys=...)``), so poems of several requests decoded together in one batch are each
-the poems their own request would get alone. ``Decoder.mean_logprobs`` (and ``generate(...,
-score=True)``) gives each poem's mean log-probability per character under the model — its own
-judgement of the text, whatever the masks forced — to rank candidates by.
+the poems their own request would get alone. Every poem comes with its score: its mean
+log-probability per character under the model — its own judgement of the text, whatever the masks
+forced — to rank candidates by, read off the decoding steps' own logits (``Decoder.mean_logprobs``
+scores any text the same way).
 
 If the masks leave a poem no legal character (e.g. a forced acrostic character that breaks every
 template), the poem falls back to the shape-only mask for that step and the step is counted in
@@ -46,7 +47,7 @@ class Poems:
     texts: list[str]
     templates: list[str | None]      # the template each poem was held to (strict/rhyme), else None
     fallbacks: list[int] = field(default_factory=list)  # steps where the masks left nothing legal
-    scores: list[float] = field(default_factory=list)   # mean log-probability per character (score=True)
+    scores: list[float] = field(default_factory=list)   # mean log-probability per character
 
 
 def greedy_refeed(model: CharRNN, vocab: Vocab, begin: str, max_length: int = 30) -> str:
@@ -68,8 +69,10 @@ def greedy_refeed(model: CharRNN, vocab: Vocab, begin: str, max_length: int = 30
 class Decoder:
     """Decode poems from a model; the vocabulary and prosody masks are built once.
 
-    Static masks are folded into the output layer's bias (``addmm`` adds them for free);
-    per-poem masks are one of four bias rows (tones) or, at rhyming positions only, a full mask.
+    Each step the head's logits are computed once: their log-sum-exp gives the chosen token's
+    log-probability under the model (the poem's score), and the masks are added to them as offset
+    rows (0 where allowed, -inf elsewhere): static masks are one row, per-poem masks one of four
+    rows (tones) or, at rhyming positions only, a full mask.
     """
 
     def __init__(self, model: CharRNN, vocab: Vocab, prosody: Prosody | None = None, device: str = "cpu",
@@ -83,23 +86,24 @@ class Decoder:
         self.step = self.model.stepper()
         self.masks = VocabMasks(vocab, prosody, training_lines, self.device)
         self.weight_t = self.model.head.weight.detach().t().contiguous()
-        head_bias = self.model.head.bias.detach()
+        self.head_bias = self.model.head.bias.detach()
 
-        def bias(mask: torch.Tensor) -> torch.Tensor:  # 0 where allowed, -inf elsewhere, + head bias
-            return head_bias + torch.zeros(len(vocab), device=self.device).masked_fill(~mask, -torch.inf)
+        def offset(mask: torch.Tensor) -> torch.Tensor:  # 0 where allowed, -inf elsewhere
+            return torch.zeros(len(vocab), device=self.device).masked_fill(~mask, -torch.inf)
 
-        self.bias_free, self.bias_content = bias(self.masks.free), bias(self.masks.content)
+        self.off_free, self.off_content = offset(self.masks.free), offset(self.masks.content)
         if prosody is not None:
-            self.bias_fits = torch.stack([bias(m) for m in self.masks.fits])
+            self.off_fits = torch.stack([offset(m) for m in self.masks.fits])
 
     # ------------------------------------------------------------------------------- public
 
     def generate(self, begins: list[str | None], acrostics: list[str | None], p: GenerateParams,
-                 batch_size: int = 1024, keys: list[tuple[int, int]] | None = None, score: bool = False) -> Poems:
-        """One poem per (begin, acrostic) pair, in batches. Sampling draws come from (seed, poem
-        index, step) alone, so each poem is the same whatever the batch size or device. ``keys``:
-        a (seed, poem index) per poem; default (``p.seed``, its position). ``score``: also
-        each poem's mean log-probability per character (:meth:`mean_logprobs`)."""
+                 batch_size: int = 1024, keys: list[tuple[int, int]] | None = None) -> Poems:
+        """One poem per (begin, acrostic) pair, in batches, each with its score (the mean
+        log-probability per character, as :meth:`mean_logprobs` gives it, taken from the decoding
+        steps themselves). Sampling draws come from (seed, poem index, step) alone, so each poem is
+        the same whatever the batch size or device. ``keys``: a (seed, poem index) per poem;
+        default (``p.seed``, its position)."""
         if len(begins) != len(acrostics):
             raise ValueError("begins and acrostics must have the same length")
         if keys is not None and len(keys) != len(begins):
@@ -112,7 +116,7 @@ class Decoder:
         seeds = torch.tensor([seed_key(seed) for seed, _ in keys], dtype=torch.long, device=self.device)
         ids = torch.tensor([index for _, index in keys], dtype=torch.long, device=self.device)
         run = self._form if p.form in FORMS else self._free
-        out = Poems([], [], [])
+        out = Poems([], [], [], [])
         with torch.inference_mode():
             for start in range(0, len(begins), batch_size):
                 chunk = slice(start, start + batch_size)
@@ -120,14 +124,14 @@ class Decoder:
                 out.texts += poems.texts
                 out.templates += poems.templates
                 out.fallbacks += poems.fallbacks
-        if score:
-            out.scores = self.mean_logprobs(out.texts)
+                out.scores += poems.scores
         return out
 
     def mean_logprobs(self, texts: list[str], chunk: int = 4096) -> list[float]:
         """Each text's mean log-probability (nats) per character under the model, from the start
         token: every character and punctuation mark counts, forced ones too; the end token does not.
-        The texts are fed one token per step, as the decoder writes them (:attr:`step`)."""
+        The texts are fed one token per step, as the decoder writes them (:attr:`step`). The
+        decoder scores its own poems as it writes them; this scores any text."""
         if not texts:
             return []
         width = max(map(len, texts))
@@ -136,7 +140,6 @@ class Decoder:
         for row, text in enumerate(texts):
             ids[row, 1:len(text) + 1] = torch.tensor([self.index[c] for c in text], dtype=torch.long)
         ids = ids.to(self.device)
-        head_bias = self.model.head.bias.detach()
         with torch.inference_mode():
             hidden, state = [], None
             for t in range(width):
@@ -147,7 +150,7 @@ class Decoder:
             logp = torch.empty(len(targets), device=self.device)
             for start in range(0, len(targets), chunk):
                 rows = slice(start, start + chunk)
-                logits = torch.addmm(head_bias, hidden[rows], self.weight_t)
+                logits = self._raw(hidden[rows])
                 logp[rows] = logits.gather(1, targets[rows, None])[:, 0] - logits.logsumexp(-1)
             keep = (targets != PAD_ID).view(len(texts), width)
             logp = logp.view(len(texts), width).masked_fill(~keep, 0.0)
@@ -169,6 +172,7 @@ class Decoder:
                 "n_lines": n_lines, "acro": acro, "line": zeros, "col": zeros, "length": zeros}
         out = torch.full((B, steps), PAD_ID, dtype=torch.long, device=dev)
         fallbacks = torch.zeros(B, dtype=torch.long, device=dev)
+        logp, length = torch.zeros(B, device=dev), torch.zeros(B, device=dev)
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), None
         for t in range(steps):
             r = rows
@@ -176,14 +180,18 @@ class Decoder:
             starting = torch.where(r["acro"], (r["col"] == 0) & (r["line"] < r["n_lines"]), r["length"] == 0)
             force = starting & (head >= 0)
             h, state = self.step(token, state)
+            raw = self._raw(h)
             if bool(force.all()):
                 token = head
             else:
                 mask, banned = self._free_masks(r, out[r["id"], :t], p, force)
                 u = draws(keys[0][r["id"]], keys[1][r["id"]], t) if p.strategy == "sample" else None
-                chosen, empty = self._choose(h, self.bias_free, p, u, mask, self.bias_free, banned)
+                chosen, empty = self._choose(raw, self.off_free, p, u, mask, self.off_free, banned)
                 fallbacks[r["id"][empty & ~force]] += 1
                 token = torch.where(force, head, chosen)
+            scored = token != END_ID  # the end token is not a character of the poem
+            logp[r["id"]] += _logp(raw, token) * scored
+            length[r["id"]] += scored
             out[r["id"], t] = token
             is_punct = self.masks.punct[token] & r["acro"]
             r["length"] = r["length"] + 1
@@ -197,7 +205,7 @@ class Decoder:
                 rows = {k: v[keep] for k, v in r.items()}
                 token, state = token[keep], select_state(state, keep)
         texts = [self.vocab.decode(row) for row in out.tolist()]
-        return Poems(texts, [None] * B, fallbacks.tolist())
+        return Poems(texts, [None] * B, fallbacks.tolist(), (logp / length.clamp(min=1)).tolist())
 
     def _free_masks(self, r: dict, history: torch.Tensor, p: GenerateParams, force: torch.Tensor):
         """(mask, bans) for the live poems ``r``: an acrostic's line shape (forced heads let
@@ -227,9 +235,11 @@ class Decoder:
         out = torch.empty((B, n_lines * (n_chars + 1)), dtype=torch.long, device=dev)
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), None
         no_force = torch.zeros(B, dtype=torch.bool, device=dev)
+        logp = torch.zeros(B, device=dev)
         for t in range(out.shape[1]):
             i, j = divmod(t, n_chars + 1)  # line, position in the line
             h, state = self.step(token, state)
+            raw = self._raw(h)
             if j == n_chars:  # end of the line: punctuation, nothing to choose
                 token = torch.full((B,), comma if i % 2 == 0 else period, device=dev)
             else:
@@ -237,23 +247,25 @@ class Decoder:
                 if bool(force.all()):
                     token = forced[:, i]
                 else:
-                    bias, mask, banned = self._form_masks(out[:, :t], i, j, p, fit, force)
+                    offset, mask, banned = self._form_masks(out[:, :t], i, j, p, fit, force)
                     u = draws(*keys, t) if p.strategy == "sample" else None
-                    chosen, empty = self._choose(h, bias, p, u, mask, self.bias_content, banned)
+                    chosen, empty = self._choose(raw, offset, p, u, mask, self.off_content, banned)
                     fallbacks += (empty & ~force).long()
                     token = torch.where(force, forced[:, i], chosen)
                 if fit is not None:
                     fit.narrow(token, i, j)
+            logp += _logp(raw, token)
             out[:, t] = token
         texts = [self.vocab.decode(row) for row in out.tolist()]
-        return Poems(texts, fit.held_to() if fit is not None else [None] * B, fallbacks.tolist())
+        return Poems(texts, fit.held_to() if fit is not None else [None] * B, fallbacks.tolist(),
+                     (logp / out.shape[1]).tolist())
 
     def _form_masks(self, history: torch.Tensor, i: int, j: int, p: GenerateParams, fit: Templates | None,
                     force: torch.Tensor):
-        """(bias, mask, bans) at position ``j`` of line ``i``: the tone bias row (or the rhyme mask
-        at a rhyming position, forced poems let through), and the bans (no_repeat_ngram, no_copy
-        at a line's last character, 重韵)."""
-        bias, mask, banned = self.bias_content, None, []
+        """(offset, mask, bans) at position ``j`` of line ``i``: the tone offset row (or the rhyme
+        mask at a rhyming position, forced poems let through), and the bans (no_repeat_ngram,
+        no_copy at a line's last character, 重韵)."""
+        offset, mask, banned = self.off_content, None, []
         if p.no_repeat_ngram:
             banned.append(self.masks.repeats(history, p.no_repeat_ngram))
         if p.no_copy and j == FORMS[p.form][1] - 1:  # a line's last character
@@ -262,9 +274,9 @@ class Decoder:
             mask = fit.rhyme_mask(i, j) | force[:, None]
             banned.append(fit.earlier_rhymes(history, i))
         elif fit is not None:
-            bias = self.bias_fits[fit.tone_row(i, j)]
+            offset = self.off_fits[fit.tone_row(i, j)]
         banned = [b for b in banned if b is not None]
-        return bias, mask, torch.cat(banned, 1) if banned else None
+        return offset, mask, torch.cat(banned, 1) if banned else None
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -276,30 +288,40 @@ class Decoder:
             rows.append([self.index[c] for c in chars] + [-1] * (width - len(chars)))
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
-    def _choose(self, h, bias, p: GenerateParams, u, mask=None, fallback_bias=None, banned=None):
-        """Next token per poem from the logits (bias: (V,) or (B, V), -inf = illegal), an optional
-        extra mask and optional (B, m) ids that are banned (<pad> where none); ``u``: (B, 1) uniform
-        draws when sampling. The bans give way first: a poem they leave with nothing legal is drawn
-        again without them; one the masks leave with nothing uses ``fallback_bias``. Returns
-        (tokens, which poems fell back to ``fallback_bias``)."""
-        token, best = pick(self._logits(h, bias, mask, banned), p, u)
+    def _raw(self, h: torch.Tensor) -> torch.Tensor:
+        """The head's logits, nothing masked: (B, V)."""
+        return torch.addmm(self.head_bias, h, self.weight_t)
+
+    def _choose(self, raw, offset, p: GenerateParams, u, mask=None, fallback_offset=None, banned=None):
+        """Next token per poem from the raw logits plus ``offset`` ((V,) or (B, V), -inf = illegal),
+        an optional extra mask and optional (B, m) ids that are banned (<pad> where none); ``u``:
+        (B, 1) uniform draws when sampling. The bans give way first: a poem they leave with nothing
+        legal is drawn again without them; one the masks leave with nothing uses ``fallback_offset``.
+        Returns (tokens, which poems fell back to ``fallback_offset``)."""
+        token, best = pick(_logits(raw, offset, mask, banned), p, u)
         empty = torch.isneginf(best)
         if banned is not None and bool(empty.any()):
             rows = empty.nonzero()[:, 0]
             token[rows], best[rows] = pick(
-                self._logits(h[rows], bias[rows] if bias.dim() == 2 else bias,
-                             None if mask is None else mask[rows], None), p, None if u is None else u[rows])
+                _logits(raw[rows], offset[rows] if offset.dim() == 2 else offset,
+                        None if mask is None else mask[rows], None), p, None if u is None else u[rows])
             empty = torch.isneginf(best)
-        if fallback_bias is not None and bool(empty.any()):
+        if fallback_offset is not None and bool(empty.any()):
             rows = empty.nonzero()[:, 0]
-            token[rows] = pick(self._logits(h[rows], fallback_bias), p, None if u is None else u[rows])[0]
+            token[rows] = pick(_logits(raw[rows], fallback_offset), p, None if u is None else u[rows])[0]
         return token, empty
 
-    def _logits(self, h, bias, mask=None, banned=None) -> torch.Tensor:
-        """The head's logits with the bias (static masks folded in), the mask and the bans applied."""
-        logits = torch.addmm(bias, h, self.weight_t)
-        if mask is not None:
-            logits.masked_fill_(~mask, -torch.inf)
-        if banned is not None:
-            logits.scatter_(1, banned, -torch.inf)
-        return logits
+
+def _logits(raw, offset, mask=None, banned=None) -> torch.Tensor:
+    """A fresh tensor of the raw logits with the offset row(s), the mask and the bans applied."""
+    logits = raw + offset
+    if mask is not None:
+        logits.masked_fill_(~mask, -torch.inf)
+    if banned is not None:
+        logits.scatter_(1, banned, -torch.inf)
+    return logits
+
+
+def _logp(raw: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """log p(token) under the model, per row, from the raw (unmasked) logits."""
+    return raw.gather(1, token[:, None])[:, 0] - raw.logsumexp(-1)

@@ -186,7 +186,7 @@ class Poet:
         padding = -len(begins) % ROWS
         poems = self.decoder.generate(begins + begins[:1] * padding, acrostics + acrostics[:1] * padding,
                                       requests[0].params,
-                                      batch_size=len(begins) + padding, keys=keys + keys[:1] * padding, score=True)
+                                      batch_size=len(begins) + padding, keys=keys + keys[:1] * padding)
         out, start = [], 0
         for r in requests:
             part = slice(start, start + len(r.begins))
