@@ -7,6 +7,9 @@
    serial throughput, no error, no dropped request).
 3. The same with requests for 1 candidate (``--one-poem-seconds``; 0 skips it): how much merging
    gains depends on how many poems a request already decodes together.
+4. The ceiling, in this process before the server starts, on one decoder thread as the server
+   decodes: one request's poems decoded alone vs ``--clients`` requests merged into one batch, per
+   request. No server can gain more from merging than this ratio.
 
 Only 127.0.0.1, bounded in time (``--seconds``) and count (``--max-requests`` per phase). The model
 is the latest version in data/06_models/poet (train one first: `kedro run`).
@@ -144,6 +147,35 @@ def load(port: int, pid: int, clients: int, seconds: float, max_requests: int, f
             "server_cpu_ms_per_request": round(1000 * cpu / max(len(latencies), 1), 1)}
 
 
+def decoder_ceiling(requests: int, num_samples: int, repeats: int = 5) -> dict:
+    """Decode time of one request alone vs per request in a batch of ``requests`` merged (medians)."""
+    from kedro.framework.startup import bootstrap_project
+
+    from tangshi_pipeline.studio.batching import decoder_thread
+    from tangshi_pipeline.studio.load import load_poet
+
+    bootstrap_project(ROOT)
+    pool = decoder_thread()
+    try:
+        poet, _ = pool.submit(load_poet, ROOT).result()
+        bodies = [poet.validate({**BODY, "seed": seed, "num_samples": num_samples}) for seed in range(requests)]
+
+        def timed(batch) -> float:
+            walls = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                start = time.perf_counter()
+                pool.submit(poet.write_together, batch[0].group, batch).result()
+                walls.append(time.perf_counter() - start)
+            return statistics.median(walls[1:])
+
+        alone, merged = timed(bodies[:1]), timed(bodies)
+    finally:
+        pool.shutdown()
+    return {"requests": requests, "num_samples": num_samples, "alone_ms": round(1000 * alone, 1),
+            "merged_ms": round(1000 * merged, 1), "merged_per_request_ms": round(1000 * merged / requests, 2),
+            "ceiling": round(alone * requests / merged, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0)
@@ -153,6 +185,10 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=20_000, help="per phase, a bound on top of --seconds")
     ap.add_argument("--threads", type=int, default=0, help="the server's torch threads (0 = torch's default)")
     args = ap.parse_args()
+    ceiling = {n: decoder_ceiling(args.clients, n) for n in (BODY["num_samples"], 1)}
+    for n, c in ceiling.items():
+        print(f"decoder alone vs {args.clients} merged, {n} poem(s) per request: {c['alone_ms']} ms vs "
+              f"{c['merged_per_request_ms']} ms per request: ceiling {c['ceiling']}×", flush=True)
     port = free_port()
     log = Path("/tmp") / f"bench_studio_{port}.log"
     server = start_server(port, args.threads, log)
@@ -193,7 +229,7 @@ def main() -> None:
     results = {"request": BODY, "model": model, "server_threads": args.threads or "torch default",
                "load_average_at_end": [round(x, 2) for x in loadavg], "one_request": single,
                "serial": serial, "concurrent": concurrent, "throughput_ratio": round(ratio, 2),
-               "one_candidate": one}
+               "one_candidate": one, "decoder_ceiling": ceiling}
     table = [
         ("one request: 8 七绝, strict + rhyme, sampled", f"p50 {single['p50_ms']} ms, p95 {single['p95_ms']} ms "
                                                          f"({single['requests']} requests; target p50 ≤ 150 ms)"),
@@ -203,6 +239,9 @@ def main() -> None:
          f"({concurrent['poems_per_s']} poems/s), p50 {concurrent['p50_ms']} ms, p95 {concurrent['p95_ms']} ms, "
          f"{concurrent['requests_per_batch']} requests per decoder batch"),
         ("throughput, concurrent ÷ serial", f"{ratio:.2f}× (target ≥ 5×)"),
+        *((f"ceiling: {n} poem(s) per request decoded alone vs {c['requests']} merged, per request",
+           f"{c['alone_ms']} vs {c['merged_per_request_ms']} ms → at most {c['ceiling']}× from merging "
+           "(in-process, one decoder thread, before the server starts)") for n, c in ceiling.items()),
         ("server CPU time per request, serial vs concurrent",
          f"{serial['server_cpu_ms_per_request']} vs {concurrent['server_cpu_ms_per_request']} ms "
          f"({serial['server_cpu_ms_per_request'] / max(concurrent['server_cpu_ms_per_request'], 1e-9):.2f}×; "
