@@ -49,6 +49,14 @@ def vectors_of(vocab: Vocab, texts: list[str], splits: list[str]) -> pd.DataFram
                          "length": np.array([len(i) for i in ids], np.int32), "ids": ids})
 
 
+def keywords_of(vocab: Vocab, words: list[list[str]]) -> pd.DataFrame:
+    """A poem_keywords table as extract_keywords writes it, for the poems of :func:`vectors_of`
+    (ids p0, p1, …): each poem's keywords and their token ids."""
+    index = vocab.index
+    return pd.DataFrame({"id": [f"p{i}" for i in range(len(words))], "keywords": words,
+                         "keyword_ids": [np.array([index[c] for c in "".join(w)], np.int32) for w in words]})
+
+
 def tiny_model(vocab_size: int, cell: str = "lstm", seed: int = 0, **kw) -> CharRNN:
     torch.manual_seed(seed)
     config = dict(embedding_dim=16, hidden_dim=32, num_layers=2, **kw)

@@ -26,6 +26,7 @@ TAGS = {
     "data_processing.frame": "model_input",
     "data_processing.build_vocab": "model_input",
     "data_processing.vectorize": "model_input",
+    "data_processing.extract_keywords": "model_input",
     "data_processing.build_prosody": "prosody",
     "training.train": "model",
     "training.evaluate": "evaluation",

@@ -249,6 +249,9 @@ def test_decoding_happens_off_the_event_loop(poet):
     ({"num_samples": "many"}, "num_samples", "valid integer"),
     ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
     ({"batch_size": 4}, "batch_size", "set by the server"),
+    ({"keywords": ["秋", "月", "山", "江"]}, "keywords", "at most 3 items"),
+    ({"keywords": ["秋风起"]}, "keywords", "keywords[0]: String should have at most 2 characters"),
+    ({"keywords": ["白"]}, "keywords", "trained without themes"),  # the studio's model learnt no themes
     ({"device": "cuda"}, "device", "set by the server"),
 ])
 def test_every_bad_field_is_a_422_that_names_it(client, body, field, message):

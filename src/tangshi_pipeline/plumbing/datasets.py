@@ -50,6 +50,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "framed_poems": pa.schema([("id", pa.string()), ("text", pa.string()), ("length", pa.int32())]),
     "vectors": pa.schema([("id", pa.string()), ("split", pa.string()), ("length", pa.int32()),
                           ("ids", pa.list_(pa.int32()))]),
+    "poem_keywords": pa.schema([("id", pa.string()), ("keywords", pa.list_(pa.string())),
+                                ("keyword_ids", pa.list_(pa.int32()))]),
 }
 
 
@@ -205,7 +207,9 @@ class ModelArtifact(AbstractVersionedDataset["Artifact", "Artifact"]):
                 f"available: {', '.join(self.versions()) or 'none'}."
             )
         try:
-            return load_artifact(path)
+            artifact = load_artifact(path)
+            artifact.version = version
+            return artifact
         except ArtifactError as exc:
             raise DatasetError(f"model version {version} is broken: {exc} {self._advice(version)}") from None
 

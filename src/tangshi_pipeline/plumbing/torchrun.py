@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         p = parse(TrainingParams, "training", catalog.load("params:training"))
         with process_group(p.device, local_rank, local_world) as comm:
             model, history = train_poet(catalog.load("vectors"), Vocab.from_json(catalog.load("vocab")), p,
-                                        catalog.load("training_checkpoints"), comm)
+                                        catalog.load("training_checkpoints"), comm, catalog.load("poem_keywords"))
             if comm.rank == 0:
                 catalog.save("model", model)
                 catalog.save("training_history", history)

@@ -39,11 +39,19 @@ class Artifact:
     """A trained model and what it was trained with.
 
     ``meta`` holds ``vocab_fingerprint`` (the vocabulary it was trained on), ``training`` (the
-    training parameters) and ``metrics``; ``model.config`` is the architecture.
+    training parameters), ``metrics`` and ``themes`` (how it learnt theme keywords; absent or null:
+    a model without themes); ``model.config`` is the architecture. ``version``: the version it was
+    loaded from, if any (not saved).
     """
 
     model: CharRNN
     meta: dict[str, Any] = field(default_factory=dict)
+    version: str | None = None
+
+    @property
+    def themed(self) -> bool:
+        """Whether it was trained to read theme keywords before the start token."""
+        return bool(self.meta.get("themes"))
 
     @property
     def vocab_fingerprint(self) -> str | None:

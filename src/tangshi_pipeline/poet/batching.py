@@ -8,6 +8,11 @@ shuffles the batch order, with a generator seeded by ``(seed, epoch)``: an epoch
 pure function of those two numbers, so a run resumed in the middle of an epoch replays it exactly.
 A batch is a view ``ids[:, :-1] → ids[:, 1:]``; targets that are padding have ``PAD_ID`` and
 the loss (:func:`.model.nll`) ignores them, so padding never contributes to the loss or its gradients.
+
+A sequence may start with a prefix the model reads but is not scored on (a poem's theme keywords,
+before its start token): ``skips[i]`` leading targets of sequence ``i`` are ``PAD_ID`` too, so its
+loss starts, as without a prefix, with the first character after the start token.
+:func:`split_sequences` builds the sequences, with their keywords or without.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import hashlib
+
 import numpy as np
+import pandas as pd
 import torch
 
 from tangshi_pipeline.poet.vocab import PAD_ID
@@ -23,8 +31,9 @@ from tangshi_pipeline.poet.vocab import PAD_ID
 
 @dataclass
 class Batch:
-    ids: torch.Tensor  # (B, T) on the device; inputs ids[:, :-1], targets ids[:, 1:]
+    ids: torch.Tensor  # (B, T) on the device; inputs ids[:, :-1], targets ids[:, 1:] (unless ``scored``)
     tokens: int  # predicted (non-padding) targets in the batch, known on the host without a sync
+    scored: torch.Tensor | None = None  # (B, T - 1) targets when a prefix is not scored (PAD_ID over it)
 
     @property
     def inputs(self) -> torch.Tensor:
@@ -32,20 +41,27 @@ class Batch:
 
     @property
     def targets(self) -> torch.Tensor:
-        return self.ids[:, 1:]
+        return self.ids[:, 1:] if self.scored is None else self.scored
 
 
 class Buckets:
-    """Sequences of token ids (each framed, length ≥ 2) as padded, device-resident buckets."""
+    """Sequences of token ids (each framed, length ≥ 2) as padded, device-resident buckets;
+    ``skips``: per sequence, how many leading targets are not scored (its prefix; default none)."""
 
-    def __init__(self, sequences: Sequence[np.ndarray], batch_size: int, device: torch.device | str = "cpu"):
+    def __init__(self, sequences: Sequence[np.ndarray], batch_size: int, device: torch.device | str = "cpu",
+                 skips: Sequence[int] | None = None):
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
         if len(lengths) and lengths.min() < 2:
             raise ValueError("every sequence needs at least 2 tokens (start and end)")
+        skips = np.zeros(len(lengths), np.int64) if skips is None else np.asarray(skips, dtype=np.int64)
+        if len(skips) != len(lengths) or (skips < 0).any() or (skips > lengths - 2).any():
+            raise ValueError("skips: one count per sequence, from 0 to its length - 2")
         order = np.argsort(lengths, kind="stable")
         self.batch_size = batch_size
         self.data: list[torch.Tensor] = []  # (N_b, T_b) int64 on the device
         self.lengths: list[torch.Tensor] = []  # (N_b,) int64 on the host: tokens per row
+        self.scored: list[torch.Tensor] = []  # (N_b,) int64 on the host: scored targets per row
+        self.targets: list[torch.Tensor | None] = []  # (N_b, T_b - 1) on the device where a prefix is unscored
         start = 0
         while start < len(order):
             stop = min(start + batch_size, len(order))
@@ -58,15 +74,18 @@ class Buckets:
                 padded[i, : lengths[r]] = sequences[r]
             self.data.append(torch.from_numpy(padded).to(device))
             self.lengths.append(torch.from_numpy(lengths[rows].copy()))
+            self.scored.append(torch.from_numpy(lengths[rows] - 1 - skips[rows]))
+            self.targets.append(_unscored_prefix(padded, skips[rows], device) if skips[rows].any() else None)
             start = stop
-        self.tokens = int(lengths.sum() - len(lengths))  # predicted tokens per epoch
+        self.tokens = int((lengths - 1 - skips).sum())  # predicted tokens per epoch
         self.sequences = len(lengths)
 
     def target_counts(self, vocab_size: int) -> torch.Tensor:
         """How often each token id is a (non-padding) target, on the host."""
         counts = torch.zeros(vocab_size, dtype=torch.int64)
-        for data in self.data:
-            counts += torch.bincount(data[:, 1:].flatten().cpu(), minlength=vocab_size)[:vocab_size]
+        for data, targets in zip(self.data, self.targets):
+            targets = data[:, 1:] if targets is None else targets
+            counts += torch.bincount(targets.flatten().cpu(), minlength=vocab_size)[:vocab_size]
         counts[PAD_ID] = 0
         return counts
 
@@ -75,9 +94,10 @@ class Buckets:
         return sum(-(-len(n) // self.batch_size) for n in self.lengths)
 
     def _batch(self, bucket: int, rows: torch.Tensor, rows_on_device: torch.Tensor) -> Batch:
-        lengths = self.lengths[bucket][rows]
-        width = int(lengths.max())
-        return Batch(self.data[bucket][rows_on_device, :width], int(lengths.sum()) - len(rows))
+        width = int(self.lengths[bucket][rows].max())
+        targets = self.targets[bucket]
+        return Batch(self.data[bucket][rows_on_device, :width], int(self.scored[bucket][rows].sum()),
+                     None if targets is None else targets[rows_on_device, :width - 1])
 
     def _plan(self, seed: int, epoch: int) -> tuple[list, list[int]]:
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -108,7 +128,7 @@ class Buckets:
         """
         plan, order = self._plan(seed, epoch)
         order += (order * world)[: self.steps(world) * world - len(order)]
-        tokens = [int(self.lengths[plan[i][0]][plan[i][1]].sum()) - len(plan[i][1]) for i in order]
+        tokens = [int(self.scored[plan[i][0]][plan[i][1]].sum()) for i in order]
         for s in range(skip, len(order) // world):
             yield self._batch(*plan[order[s * world + rank]]), sum(tokens[s * world:(s + 1) * world])
 
@@ -121,6 +141,37 @@ class Buckets:
                 yield self._batch(b, p, d)
 
 
-def split_sequences(vectors, split: str) -> list[np.ndarray]:
+def _unscored_prefix(padded: np.ndarray, skips: np.ndarray, device) -> torch.Tensor:
+    """The targets ``padded[:, 1:]`` with each row's first ``skips`` set to ``PAD_ID``."""
+    targets = padded[:, 1:].copy()
+    targets[np.arange(targets.shape[1]) < skips[:, None]] = PAD_ID
+    return torch.from_numpy(targets).to(device)
+
+
+def split_sequences(vectors: pd.DataFrame, split: str) -> list[np.ndarray]:
     """The token-id arrays of one split of the ``vectors`` table."""
     return [np.asarray(ids) for ids in vectors.loc[vectors["split"] == split, "ids"]]
+
+
+def themed_sequences(vectors: pd.DataFrame, split: str, keywords: pd.DataFrame, dropout: float = 0.0,
+                     seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """:func:`split_sequences` with each poem's keyword ids (the ``poem_keywords`` table) before its
+    start token, ``[keywords…, START, poem…, END]``, and per sequence the length of that unscored
+    prefix (``Buckets(..., skips=...)``). ``dropout``: the share of poems that go without, chosen
+    per poem by a hash of ``seed`` and its id — fixed for the whole run, so every epoch, and a
+    resumed run, sees the same sequences (Buckets are built once)."""
+    rows = vectors.loc[vectors["split"] == split, ["id", "ids"]]
+    prefixes = rows["id"].map(keywords.set_index("id")["keyword_ids"])
+    out, skips = [], []
+    for poem_id, poem, prefix in zip(rows["id"], rows["ids"], prefixes):
+        poem = np.asarray(poem)
+        themed = isinstance(prefix, (list, np.ndarray)) and len(prefix) and _hashed_share(seed, poem_id) >= dropout
+        out.append(np.concatenate([np.asarray(prefix, dtype=poem.dtype), poem]) if themed else poem)
+        skips.append(len(prefix) if themed else 0)
+    return out, skips
+
+
+def _hashed_share(seed: int, poem_id: str) -> float:
+    """A number in [0, 1) fixed by (seed, poem id)."""
+    digest = hashlib.blake2b(f"keywords:{seed}:{poem_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64

@@ -16,7 +16,10 @@ poems to write (begin characters, acrostics) and in batches of how many are the 
 Each poem's random draws come from (seed, poem index, step) alone (:mod:`.sampling`): by default
 the settings' seed and the poem's position in the call, or a (seed, index) key per poem
 (``generate(..., keys=...)``), so poems of several requests decoded together in one batch are each
-the poems their own request would get alone. Every poem comes with its score: its mean
+the poems their own request would get alone. With theme keywords (``generate.keywords``, a model
+trained with themes) the keywords are fed to the network before the start token
+(:meth:`Decoder.initial_state`): every poem starts from the state they leave, and its score does
+not count them. Every poem comes with its score: its mean
 log-probability per character under the model — its own judgement of the text, whatever the masks
 forced — to rank candidates by, read off the decoding steps' own logits (``Decoder.mean_logprobs``
 scores any text the same way).
@@ -173,7 +176,7 @@ class Decoder:
         out = torch.full((B, steps), PAD_ID, dtype=torch.long, device=dev)
         fallbacks = torch.zeros(B, dtype=torch.long, device=dev)
         logp, length = torch.zeros(B, device=dev), torch.zeros(B, device=dev)
-        token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), None
+        token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), self.initial_state(p.keywords, B)
         for t in range(steps):
             r = rows
             head = r["heads"].gather(1, r["line"].clamp(max=width - 1)[:, None])[:, 0]
@@ -233,7 +236,7 @@ class Decoder:
             fit = Templates(self.masks, p.form, p.tones == "strict", p.rhyme, forced)
         fallbacks = fit.conflicts.long() if fit is not None else torch.zeros(B, dtype=torch.long, device=dev)
         out = torch.empty((B, n_lines * (n_chars + 1)), dtype=torch.long, device=dev)
-        token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), None
+        token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), self.initial_state(p.keywords, B)
         no_force = torch.zeros(B, dtype=torch.bool, device=dev)
         logp = torch.zeros(B, device=dev)
         for t in range(out.shape[1]):
@@ -279,6 +282,19 @@ class Decoder:
         return offset, mask, torch.cat(banned, 1) if banned else None
 
     # ------------------------------------------------------------------------------ helpers
+
+    def initial_state(self, keywords: list[str], batch: int):
+        """The recurrent state each of ``batch`` poems starts from: after the theme ``keywords``
+        (their characters, in order, as training put them before the start token), or None (no
+        theme: the network's zero state). Computed once and repeated, so every poem starts from
+        the same bits whatever the batch."""
+        prefix = "".join(keywords)
+        if not prefix:
+            return None
+        state = None
+        for ch in prefix:
+            _, state = self.step(torch.tensor([self.index[ch]], device=self.device), state)
+        return select_state(state, torch.zeros(batch, dtype=torch.long, device=self.device))
 
     def _heads(self, begins, acrostics, width: int) -> torch.Tensor:
         """(B, width) ids of the characters forced at the start of each line; -1 where none."""

@@ -59,6 +59,16 @@ class SplitParams(Params):
         return self
 
 
+class KeywordParams(Params):
+    """data_processing.keywords: how extract_keywords picks each poem's theme keywords."""
+
+    per_poem: int = Field(ge=1, le=3)
+    title_weight: float = Field(ge=0)
+    min_df: int = Field(ge=1)
+    max_df: float = Field(gt=0, le=1)
+    word_association: float = Field(ge=0, le=1)
+
+
 class DataProcessingParams(Params):
     skip_bad_partitions: bool
     opencc_config: str
@@ -71,6 +81,7 @@ class DataProcessingParams(Params):
     min_count: int = Field(ge=1)
     split: SplitParams
     split_salt: str
+    keywords: KeywordParams
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -145,6 +156,7 @@ class TrainingParams(Params):
     seed: Seed
     resume: bool
     world_size: int = Field(ge=1)
+    keyword_dropout: float = Field(ge=0, le=1)
 
 
 SCHEMAS["training"] = TrainingParams
@@ -178,6 +190,7 @@ class GenerateParams(Params):
     seed: Seed
     batch_size: int = Field(ge=1, le=MAX_DECODE_BATCH)
     device: Annotated[str, AfterValidator(_device)]
+    keywords: list[Annotated[str, Field(min_length=1, max_length=2)]] = Field(max_length=3)
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from tangshi_pipeline.poet.artifact import Artifact
-from tangshi_pipeline.poet.batching import Buckets, split_sequences
+from tangshi_pipeline.poet.batching import Buckets, split_sequences, themed_sequences
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tangshi_pipeline.poet.devices import autocast, eval_batch, resolve_device, torch_settings
 from tangshi_pipeline.poet.distributed import ONE_PROCESS, Comm, spawn
@@ -66,29 +66,40 @@ class Result:
 
 
 def train_poet(vectors: pd.DataFrame, vocab: Vocab, p: TrainingParams, store: CheckpointStore | None,
-               comm: Comm = ONE_PROCESS) -> tuple[Artifact, pd.DataFrame]:
+               comm: Comm = ONE_PROCESS, keywords: pd.DataFrame | None = None) -> tuple[Artifact, pd.DataFrame]:
     """Train (or continue training) the poet on the ``train`` split of ``vectors``, validating on
     ``val`` after each epoch: the model artifact (on the CPU) and the training history.
+
+    With ``keywords`` (the ``poem_keywords`` table) and ``keyword_dropout`` < 1 the model learns
+    themes: each training poem but a ``keyword_dropout`` share reads its keywords before its start
+    token, unscored (:func:`.batching.themed_sequences`); the model's metadata records it
+    (``themes``). The history's validation loss is without keywords, comparable with any model.
 
     Every rank runs this: on one process, ``p.world_size > 1`` starts that many ranks on this
     machine, each calling it with its ``comm``, and returns rank 0's model; torchrun's ranks call
     it with theirs. Device and threads are decided here, once (torch's settings put back after).
     """
-    train_seqs, val_seqs = split_sequences(vectors, "train"), split_sequences(vectors, "val")
+    train_seqs, skips = split_sequences(vectors, "train"), None
+    if keywords is not None and p.keyword_dropout < 1:
+        train_seqs, skips = themed_sequences(vectors, "train", keywords, p.keyword_dropout, p.seed)
+    themes = bool(skips) and any(skips)  # some poem reads keywords (none has any in a tiny corpus)
+    val_seqs = split_sequences(vectors, "val")
     if not train_seqs:
         raise ValueError("the vectors table has no 'train' rows: check data_processing.split")
     if p.world_size > 1 and comm.world == 1:  # ranks asked for, and this is not one of them: start them
-        return _on_ranks_here(vectors, vocab, p, store)
+        return _on_ranks_here(vectors, vocab, p, store, keywords)
     device = resolve_device(p.device) if comm.device is None else comm.device
     config = ModelConfig(len(vocab), p.cell, p.embedding_dim, p.hidden_dim, p.num_layers, p.dropout)
     with torch_settings(device, p.threads, comm.local_world):
-        train = Buckets(train_seqs, p.batch_size, device)
+        train = Buckets(train_seqs, p.batch_size, device, skips)
         val = Buckets(val_seqs, eval_batch(device), device) if val_seqs else None
         result = fit(config, vocab.fingerprint, train, val, p, store, device, comm=comm)
     pos, last = result.position, _last_epoch_row(result.position.history)
     meta = {
         "vocab_fingerprint": vocab.fingerprint,
         "vocab": {"size": len(vocab), "specials": vocab.to_json()["specials"]},
+        "themes": {"prefix": "keyword ids before the start token", "keyword_dropout": p.keyword_dropout,
+                   "max_keywords": max(map(len, keywords["keywords"]), default=0)} if themes else None,
         "training": {**p.model_dump(), "device": str(device), "epochs_done": last.get("epoch", pos.epoch),
                      "steps": pos.global_step, "tokens": pos.tokens, "elapsed_s": round(pos.elapsed_s, 1),
                      "stopped": result.stopped, "resumed_from": result.resumed_from},
@@ -97,17 +108,17 @@ def train_poet(vectors: pd.DataFrame, vocab: Vocab, p: TrainingParams, store: Ch
     return Artifact(result.model.cpu().eval(), meta), pd.DataFrame(pos.history, columns=HISTORY_COLUMNS)
 
 
-def _on_ranks_here(vectors: pd.DataFrame, vocab: Vocab, p: TrainingParams, store: CheckpointStore | None
-                   ) -> tuple[Artifact, pd.DataFrame]:
+def _on_ranks_here(vectors: pd.DataFrame, vocab: Vocab, p: TrainingParams, store: CheckpointStore | None,
+                   keywords: pd.DataFrame | None) -> tuple[Artifact, pd.DataFrame]:
     """:func:`train_poet` on ``p.world_size`` ranks started on this machine: rank 0's model, and its
     history (handed back in the model's metadata)."""
-    artifact = spawn(p.world_size, p.device, _rank, (vectors, vocab, p, store))
+    artifact = spawn(p.world_size, p.device, _rank, (vectors, vocab, p, store, keywords))
     return artifact, pd.DataFrame(artifact.meta.pop("history"), columns=HISTORY_COLUMNS)
 
 
-def _rank(comm: Comm, vectors: pd.DataFrame, vocab: Vocab, p: TrainingParams, store: CheckpointStore | None
-          ) -> Artifact:
-    artifact, history = train_poet(vectors, vocab, p, store, comm)
+def _rank(comm: Comm, vectors: pd.DataFrame, vocab: Vocab, p: TrainingParams, store: CheckpointStore | None,
+          keywords: pd.DataFrame | None = None) -> Artifact:
+    artifact, history = train_poet(vectors, vocab, p, store, comm, keywords)
     return Artifact(artifact.model, artifact.meta | {"history": history.to_dict("records")})
 
 

@@ -73,8 +73,9 @@ class Request:
     @property
     def group(self) -> tuple:
         """Requests with equal groups are decoded together: the same decoding settings but the seed
-        (each poem keeps its own)."""
-        return tuple(self.params.model_dump(exclude={"seed", *POEM_FIELDS}).items())
+        (each poem keeps its own) — the same theme keywords too (the decoder feeds one prefix per batch)."""
+        settings = self.params.model_dump(exclude={"seed", *POEM_FIELDS})
+        return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items())
 
 
 def line_sources(vectors: pd.DataFrame, clean_poems: pd.DataFrame, vocab: Vocab) -> dict[str, list[dict]]:

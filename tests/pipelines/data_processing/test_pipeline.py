@@ -66,7 +66,8 @@ def test_data_processing_writes_each_output_through_the_catalog(project):
     assert written == [
         "02_intermediate/ingest_report.json", "02_intermediate/poems.parquet",
         "03_primary/clean_poems.parquet", "03_primary/cleaning_report.json",
-        "05_model_input/framed_poems.parquet", "05_model_input/rhyme_table.json",
+        "05_model_input/framed_poems.parquet", "05_model_input/keywords_report.json",
+        "05_model_input/poem_keywords.parquet", "05_model_input/rhyme_table.json",
         "05_model_input/tone_lexicon.json", "05_model_input/vectorize_report.json",
         "05_model_input/vectors.parquet", "05_model_input/vocab.json",
     ]

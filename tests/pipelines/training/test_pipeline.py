@@ -13,7 +13,7 @@ from tangshi_pipeline.pipelines.training import create_pipeline
 from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tests.helpers import memory_catalog, shipped_params
-from tests.helpers_models import POEMS, vectors_of, vocab_of
+from tests.helpers_models import POEMS, keywords_of, vectors_of, vocab_of
 
 TINY = {"embedding_dim": 8, "hidden_dim": 16, "num_layers": 2, "dropout": 0.1, "batch_size": 2,
         "epochs": 2, "max_minutes": None, "device": "cpu", "learning_rate": 0.01}
@@ -98,11 +98,17 @@ def test_history_and_curve_get_a_train_loss_row_every_200_steps(project):
 def test_training_pipeline_in_memory(tmp_path):
     vocab = vocab_of(POEMS)
     vectors = vectors_of(vocab, POEMS, ["train", "train", "train", "val", "test"])
+    keywords = keywords_of(vocab, [["明月"], ["山", "海"], ["山"], ["秋"], ["雪", "江"]])
     catalog = memory_catalog(
-        {"vectors": vectors, "vocab": vocab.to_json(), "training_checkpoints": CheckpointStore(tmp_path)},
+        {"vectors": vectors, "vocab": vocab.to_json(), "training_checkpoints": CheckpointStore(tmp_path),
+         "poem_keywords": keywords},
         {"training": {**shipped_params("training"), **TINY, "threads": 1}})
     SequentialRunner().run(create_pipeline(), catalog)
     metrics = catalog.load("training_metrics")
     assert metrics["epochs_done"] == 2 and metrics["architecture"]["hidden_dim"] == 16
     assert metrics["val"]["poems"] == metrics["test"]["poems"] == 1 and metrics["val"]["perplexity"] > 1
+    # a themed model (training.keyword_dropout < 1): validation loss with and without the keywords
+    assert metrics["themes"]["keyword_dropout"] == shipped_params("training")["keyword_dropout"]
+    assert metrics["val"]["with_keywords"]["perplexity"] > 1 and metrics["val"]["with_keywords"]["loss"] != \
+        metrics["val"]["loss"]
     assert isinstance(catalog.load("training_curve"), Figure)

@@ -1,5 +1,6 @@
 """Data processing: raw corpus → poems table → clean poems → framed poems → vocabulary → vectors,
-and from the clean poems the tone lexicon and the rhyme table (build_prosody).
+from the clean poems the tone lexicon and the rhyme table (build_prosody), and each poem's theme
+keywords (extract_keywords).
 
 Every node is a pure function of its inputs and of the ``data_processing`` parameters it is wired
 to, one argument per key (``pipeline.py``). Each poem that is dropped is counted under the first
@@ -20,12 +21,12 @@ import opencc
 import pandas as pd
 
 from tangshi_pipeline.poet.prosody import build_rhyme_table, build_tone_lexicon
-from tangshi_pipeline.poet.vocab import Vocab
+from tangshi_pipeline.poet.vocab import END_ID, Vocab
 
 from .readers import CorpusFormatError, read_chinese_poetry, read_classic
 
-__all__ = ["CorpusFormatError", "build_prosody", "build_vocab", "clean_poems", "flatten_corpus", "frame_poems",
-           "vectorize"]
+__all__ = ["CorpusFormatError", "build_prosody", "build_vocab", "clean_poems", "extract_keywords", "flatten_corpus",
+           "frame_poems", "vectorize"]
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -227,3 +228,94 @@ def vectorize(framed_poems: pd.DataFrame, vocab: dict, split: dict, split_salt: 
     summary["vocab_size"] = len(v)
     summary["unknown_tokens"] = int((values == 1).sum())
     return vectors, summary
+
+
+# ------------------------------------------------------------------------------------ keywords
+
+_WORD = 1 << 21  # a two-character word's code: first code point × _WORD + second (code points < 2²¹)
+
+
+def _terms(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(poem row, term code) of every Han character and every pair of adjacent Han characters
+    (a two-character word: never across punctuation) of each string."""
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    points = np.frombuffer("".join(strings).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    row = np.repeat(np.arange(len(strings)), lengths)
+    han = ((points >= 0x3400) & (points <= 0x9FFF)) | ((points >= 0x20000) & (points <= 0x3134F))
+    pair = han[:-1] & han[1:] & (row[:-1] == row[1:])
+    return (np.concatenate([row[han], row[:-1][pair]]),
+            np.concatenate([points[han], points[:-1][pair] * _WORD + points[1:][pair]]))
+
+
+def _term_text(code: int) -> str:
+    return chr(code) if code < _WORD else chr(code // _WORD) + chr(code % _WORD)
+
+
+def extract_keywords(clean_poems: pd.DataFrame, vocab: dict, keywords: dict) -> tuple[pd.DataFrame, dict]:
+    """Each poem's 1–3 theme keywords (characters or two-character words) by TF-IDF over the poems.
+
+    A poem's terms are its Han characters and pairs of adjacent Han characters. A term's weight in
+    a poem is its count in the text plus ``title_weight`` × its count in the title, times its
+    inverse document frequency ln(poems / poems holding it). Candidates must occur in the text (a
+    keyword the poem never writes cannot teach the model anything), in at least ``min_df`` poems (a
+    theme is common enough to ask for) and in at most ``max_df`` of them (very common function
+    characters: 不, 人); a two-character word must also be a word rather than a chance pair: in at
+    least ``word_association`` of the poems of its rarer character. A character is not kept beside
+    a chosen word holding it. Each poem keeps its ``per_poem`` best terms, best first; their token
+    ids (a word is two tokens) are the prefix the model reads before the start token.
+    """
+    v = Vocab.from_json(vocab)
+    n = len(clean_poems)
+    text_rows, text_terms = _terms(clean_poems["text"].tolist())
+    title_rows, title_terms = _terms(clean_poems["title"].fillna("").tolist())
+    codes, term = np.unique(np.concatenate([text_terms, title_terms]), return_inverse=True)
+    pairs, pair = np.unique(np.concatenate([text_rows, title_rows]) * len(codes) + term, return_inverse=True)
+    weight = np.concatenate([np.ones(len(text_terms)), np.full(len(title_terms), float(keywords["title_weight"]))])
+    tf = np.bincount(pair, weights=weight, minlength=len(pairs))
+    in_text = np.bincount(pair[:len(text_terms)], minlength=len(pairs)) > 0
+    row, col = pairs // len(codes), pairs % len(codes)
+    df = np.bincount(col, minlength=len(codes))
+    is_word = codes >= _WORD
+    char_df = lambda c: df[np.minimum(np.searchsorted(codes, c), len(codes) - 1)]  # noqa: E731
+    rarer = np.where(is_word, np.minimum(char_df(codes // _WORD), char_df(codes % _WORD)), df)
+    in_vocab = np.zeros(max([0x3134F, *(ord(t) for t in v.tokens if len(t) == 1)]) + 1, dtype=bool)
+    in_vocab[[ord(t) for t in v.tokens[END_ID + 1:] if len(t) == 1]] = True
+    known = np.where(is_word, in_vocab[codes // _WORD] & in_vocab[codes % _WORD], in_vocab[codes % _WORD])
+    ok = ((df >= keywords["min_df"]) & (df <= keywords["max_df"] * n) & known
+          & (~is_word | (df >= keywords["word_association"] * rarer)))
+    keep = in_text & ok[col]
+    row, col, score = row[keep], col[keep], (tf * np.log(max(n, 1) / np.maximum(df[col], 1)))[keep]
+    row, col, score = _without_chars_of_words(row, col, score, codes)
+    order = np.lexsort((codes[col], -score, row))  # per poem, best first (ties: by code point)
+    row, col = row[order], col[order]
+    rank = np.arange(len(row)) - np.searchsorted(row, row)
+    row, col = row[rank < keywords["per_poem"]], col[rank < keywords["per_poem"]]
+    chosen = [_term_text(c) for c in codes[col].tolist()]
+    per_poem = [[] for _ in range(n)]
+    for r, word in zip(row.tolist(), chosen):
+        per_poem[r].append(word)
+    index = v.index
+    table = pd.DataFrame({
+        "id": clean_poems["id"].to_numpy(),
+        "keywords": per_poem,
+        "keyword_ids": [np.array([index[ch] for ch in "".join(words)], dtype=np.int32) for words in per_poem],
+    })
+    counts = pd.Series(chosen, dtype=object).value_counts()
+    report = {
+        "poems": n, "with_keywords": int(sum(map(bool, per_poem))),
+        "keywords": len(chosen), "words": int(sum(len(w) == 2 for w in chosen)),
+        "distinct": len(counts), "candidate_terms": int(ok.sum()),
+        "most_common": {k: int(c) for k, c in counts.head(50).items()},
+        "settings": dict(keywords),
+    }
+    return table, report
+
+
+def _without_chars_of_words(row: np.ndarray, col: np.ndarray, score: np.ndarray, codes: np.ndarray):
+    """The (poem, term) candidates less each character that is part of a candidate word of its poem."""
+    words = codes[col] >= _WORD
+    span = max(len(codes), 1)
+    inside = np.concatenate([row[words] * span + np.searchsorted(codes, codes[col[words]] // _WORD),
+                             row[words] * span + np.searchsorted(codes, codes[col[words]] % _WORD)])
+    drop = ~words & np.isin(row * span + col, inside)
+    return row[~drop], col[~drop], score[~drop]

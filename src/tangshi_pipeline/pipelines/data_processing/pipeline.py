@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import build_prosody, build_vocab, clean_poems, flatten_corpus, frame_poems, vectorize
+from .nodes import build_prosody, build_vocab, clean_poems, extract_keywords, flatten_corpus, frame_poems, vectorize
 
 # Each node is wired to exactly the parameters it reads, one input per key: the stage cache then
 # re-runs a node only when one of those keys changes (split_salt re-runs vectorize alone).
@@ -43,6 +43,10 @@ def create_pipeline(**kwargs) -> Pipeline:
                  {"clean_poems": "clean_poems", "pingshui_table": "pingshui_table",
                   "opencc_config": "params:data_processing.opencc_config"},
                  ["tone_lexicon", "rhyme_table"], name="build_prosody", tags="prosody"),
+            Node(extract_keywords,
+                 {"clean_poems": "clean_poems", "vocab": "vocab",
+                  "keywords": "params:data_processing.keywords"},
+                 ["poem_keywords", "keywords_report"], name="extract_keywords", tags="model_input"),
         ],
         namespace="data_processing",
         prefix_datasets_with_namespace=False,

@@ -39,6 +39,16 @@ def _check_inputs(model: Artifact, vocab: Vocab, p: GenerateParams) -> None:
                 f"{' (it is a special token or punctuation)' if ch in index else ''}: "
                 f"use characters seen in the corpus (the dataset `vocab`)."
             )
+    for word in p.keywords:
+        if not all(c in index and is_hanzi(c) for c in word):
+            raise GenerationError(
+                f"generate.keywords: {word!r} is not made of characters of the model's vocabulary: use "
+                f"characters (or two-character words) seen in the corpus (the dataset `vocab`).")
+    if p.keywords and not model.themed:
+        raise GenerationError(
+            f"generate.keywords = {list(p.keywords)}: model version {model.version or '(unversioned)'} was "
+            f"trained without themes, so it cannot read keywords. Retrain it "
+            f"(`kedro run --pipelines=training`, with training.keyword_dropout < 1) or set generate.keywords: [].")
     if p.form in FORMS and not all(c in index for c in "，。"):
         raise GenerationError(f"generate.form = {p.form!r}: the vocabulary has no ， or 。; use form free.")
     if p.device != "cpu":
@@ -79,7 +89,7 @@ def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table
 
 def render_page(records: list[dict], p: GenerateParams) -> str:
     """A readable Markdown page: one section per begin character / acrostic, one sentence per line."""
-    settings = f"{p.strategy}" + (f", temperature {p.temperature}, top-k {p.top_k or 'off'}, top-p {p.top_p}, "
+    settings = (f"theme {' '.join(p.keywords)}, " if p.keywords else "") + f"{p.strategy}" + (f", temperature {p.temperature}, top-k {p.top_k or 'off'}, top-p {p.top_p}, "
                                   f"seed {p.seed}" if p.strategy == "sample" else "")
     if p.form in FORMS:
         settings += f", tones {p.tones}, rhyme {'on' if p.rhyme else 'off'}" + (", no copied lines" if p.no_copy else "")

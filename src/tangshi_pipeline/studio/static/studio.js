@@ -39,6 +39,7 @@ function body() {
   if (out.form === "free") { out.tones = "loose"; out.rhyme = false; out.no_copy = false; }
   out.acrostic = f.acrostic.value.trim() || null;  // an acrostic replaces the begin character
   if (f.begin_words.value.trim()) out.begin_words = [f.begin_words.value.trim()];
+  out.keywords = words(f.keywords.value);
   for (const name of NUMBERS) {
     const value = f[name].value.trim();
     if (value !== "") out[name] = Number(value);
@@ -54,6 +55,7 @@ function fill(settings) {
   if ("rhyme" in settings) f.rhyme.checked = settings.rhyme === true || settings.rhyme === "true";
   if ("no_copy" in settings) f.no_copy.checked = settings.no_copy === true || settings.no_copy === "true";
   if ("acrostic" in settings) f.acrostic.value = settings.acrostic || "";
+  if ("keywords" in settings) f.keywords.value = [].concat(settings.keywords).join(" ");
   if (settings.begin_words) f.begin_words.value = [].concat(settings.begin_words).join("").slice(0, 1);
   for (const name of NUMBERS) if (name in settings && settings[name] !== null) f[name].value = settings[name];
   rulesFollowForm();
@@ -64,7 +66,8 @@ function query(settings) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(settings)) {
     if (v === null || v === undefined) continue;
-    q.set(k, Array.isArray(v) ? v.join("") : String(v));
+    if (k === "keywords" && !v.length) continue;
+    q.set(k, Array.isArray(v) ? v.join(k === "keywords" ? " " : "") : String(v));
   }
   if (script() === "t") q.set("script", "t");
   return q.toString();
@@ -78,9 +81,15 @@ function fromQuery(search) {
     else if (NUMBERS.includes(k)) settings[k] = Number(v);
     else if (v === "true" || v === "false") settings[k] = v === "true";
     else if (k === "acrostic") settings[k] = v || null;
+    else if (k === "keywords") settings[k] = words(v);
     else settings[k] = v;
   }
   return settings;
+}
+
+// Theme keywords as typed ("秋 月", "秋，月"): separated by spaces or commas.
+function words(text) {
+  return text.split(/[\s,，、]+/).filter(Boolean);
 }
 
 // ------------------------------------------------------------------------------------ requests
