@@ -61,15 +61,24 @@ class Beam:
         return rows, idx.view(self.B, -1).gather(1, flat), best
 
     def select(self, logits: torch.Tensor, raw: torch.Tensor, scores: torch.Tensor):
-        """The next K hypotheses of each poem: (the rows (B·K,) they continue, their tokens)."""
-        rows, tokens, _ = self.propose(logits, raw, scores, self.K)
-        return rows.flatten(), tokens.flatten()
+        """The next K hypotheses of each poem: the rows (B·K,) they continue, their tokens, scores."""
+        return tuple(x.flatten() for x in self.propose(logits, raw, scores, self.K))
 
     def best(self, scores: torch.Tensor, n: int) -> torch.Tensor:
         """(B·n,) rows of each poem's n best hypotheses, best first (a dead one replaced by the best)."""
         top, k = scores.view(self.B, self.K).topk(n, dim=-1)
         k = torch.where(torch.isneginf(top), k[:, :1], k)
         return (k + torch.arange(self.B, device=self.device)[:, None] * self.K).flatten()
+
+
+def poems_per_beam(begins: list, acrostics: list, p: GenerateParams) -> int:
+    """How many consecutive poems one beam writes: ``num_samples`` (checked), or 1 without beam search."""
+    n = p.num_samples if p.strategy == "beam" else 1
+    pairs = list(zip(begins, acrostics))
+    if len(pairs) % n or any(pairs[k] != pairs[k - k % n] for k in range(len(pairs))):
+        raise ValueError(f"beam search writes num_samples = {n} poems per begin character or acrostic: give "
+                         f"each (begin, acrostic) pair {n} times in a row, as poem_heads lists them")
+    return n
 
 
 def only(logits: torch.Tensor, raw: torch.Tensor, force: torch.Tensor, token: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,9 @@ Each step is the same story: **step** the network one token (``CharRNN.stepper``
 logits so that only legal tokens can be drawn (:mod:`.constraints`: the form's shape, forced line
 heads, tones, rhyme, 重韵, no repeated n-grams, no copied lines), **pick** a token
 (:func:`.sampling.pick`: greedy, or a sample), **advance** each poem. A form has a fixed number of
-steps; a free poem stops at the end token or ``max_length`` and drops out of the batch.
+steps; a free poem stops at the end token or ``max_length`` and drops out of the batch. Beam search
+(:mod:`.beam`) keeps ``beam_size`` hypotheses per poem as rows of the same batch, under the same
+masks, and picks the poem's best continuations across them instead.
 
 The settings are the validated ``generate`` parameters (:class:`~.params.GenerateParams`); which
 poems to write (begin characters, acrostics) and in batches of how many are the call's arguments.
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tangshi_pipeline.poet.beam import Beam, free_search, only
+from tangshi_pipeline.poet.beam import Beam, free_search, only, poems_per_beam
 from tangshi_pipeline.poet.constraints import FREE_LINE, Templates, VocabMasks
 from tangshi_pipeline.poet.model import CharRNN, select_state
 from tangshi_pipeline.poet.params import GenerateParams
@@ -119,7 +121,7 @@ class Decoder:
         keys = keys if keys is not None else [(p.seed, i) for i in range(len(begins))]
         seeds = torch.tensor([seed_key(seed) for seed, _ in keys], dtype=torch.long, device=self.device)
         ids = torch.tensor([index for _, index in keys], dtype=torch.long, device=self.device)
-        n = _beam_runs(begins, acrostics, p)
+        n = poems_per_beam(begins, acrostics, p)
         begins, acrostics, seeds, ids = begins[::n], acrostics[::n], seeds[::n], ids[::n]  # a beam: n best at once
         run = self._form if p.form in FORMS else self._free_beam if p.strategy == "beam" else self._free
         out = Poems([], [], [], [])
@@ -254,7 +256,7 @@ class Decoder:
         for t in range(out.shape[1]):
             i, j = divmod(t, n_chars + 1)  # line, position in the line
             h, state = self.step(token, state)
-            raw = self._raw(h)
+            raw, scored = self._raw(h), False
             if j == n_chars:  # end of the line: punctuation, nothing to choose
                 token = torch.full((B,), comma if i % 2 == 0 else period, device=dev)
             else:
@@ -268,15 +270,16 @@ class Decoder:
                     if beam is None:
                         u = draws(*keys, t) if p.strategy == "sample" else None
                         token = torch.where(force, forced[:, i], pick(logits, p, u)[0])
-                    else:  # the beam's K best of each poem; every row's state follows them
-                        rows, token = beam.select(only(logits, raw, force, forced[:, i]), raw, logp)
-                        raw, logp, out, fallbacks = raw[rows], logp[rows], out[rows], fallbacks[rows]
-                        state = select_state(state, rows)
+                    else:  # each poem's K best, scored; every row's state follows them
+                        rows, token, logp = beam.select(only(logits, raw, force, forced[:, i]), raw, logp)
+                        out, fallbacks, state = out[rows], fallbacks[rows], select_state(state, rows)
+                        scored = True
                         if fit is not None:
                             fit.select(rows)
                 if fit is not None:
                     fit.narrow(token, i, j)
-            logp += _logp(raw, token)
+            if not scored:
+                logp += _logp(raw, token)
             out[:, t] = token
         held_to = fit.held_to() if fit is not None else [None] * B
         if beam is not None:  # each poem's num_samples best hypotheses, best first
@@ -340,16 +343,6 @@ class Decoder:
             rows = empty.nonzero()[:, 0]
             logits[rows] = _logits(raw[rows], fallback_offset)
         return logits, empty
-
-
-def _beam_runs(begins: list, acrostics: list, p: GenerateParams) -> int:
-    """How many consecutive poems one beam writes: ``num_samples`` (checked), or 1 without beam search."""
-    n = p.num_samples if p.strategy == "beam" else 1
-    pairs = list(zip(begins, acrostics))
-    if len(pairs) % n or any(pairs[k] != pairs[k - k % n] for k in range(len(pairs))):
-        raise ValueError(f"beam search writes num_samples = {n} poems per begin character or acrostic: give "
-                         f"each (begin, acrostic) pair {n} times in a row, as poem_heads lists them")
-    return n
 
 
 def _logits(raw, offset, mask=None, banned=None) -> torch.Tensor:
