@@ -9,12 +9,13 @@ and every per-row state (the network's, the text so far, the templates still fit
 count) is reordered to follow them. A poem starts with one live hypothesis (the others at -inf), so
 its hypotheses are always distinct texts.
 
-Ranking is by the mean log-probability per character, the poem's score (``Poems.scores``). A form's
-hypotheses all have the same length, so this is the sum. A free poem's live hypotheses also share
-their length; one that writes the end token leaves the beam for the poem's finished set (its score:
-the mean over its characters, the end token not counted), and the search for that poem stops once K
-hypotheses have finished (or at ``max_length``, where the live ones finish as they are). With K = 1
-this is greedy decoding, step for step.
+Ranking is by the mean log-probability per character, the poem's score (``Poems.scores``). A poem's
+live hypotheses always share their length, so at each step they are ranked by their sums; for a form
+that is the whole story. In a free poem the end token competes with the other continuations by its
+own log-probability; an end among the K best moves its hypothesis to the poem's finished set, where
+hypotheses are compared by their mean per character (the end token not counted), and the search
+for that poem stops once K have finished (or at ``max_length``, where the live ones finish as they
+are). With K = 1 this is greedy decoding, step for step.
 """
 
 from __future__ import annotations
