@@ -41,7 +41,8 @@ def test_the_shipped_parameters_are_valid():
     ("generate", "top_k", -3, "generate.top_k = -3"),
     ("generate", "form", "sonnet", "generate.form = 'sonnet'"),
     ("generate", "num_samples", 0, "generate.num_samples = 0"),
-    ("generate", "strategy", "beam", "generate.strategy = 'beam'"),
+    ("generate", "strategy", "topk", "generate.strategy = 'topk'"),
+    ("generate", "beam_size", 0, "generate.beam_size = 0"),
     ("generate", "no_repeat_ngram", -1, "generate.no_repeat_ngram = -1"),
     ("generate", "begin_words", ["日出"], "generate.begin_words.0 = '日出'"),
     ("data_processing", "max_length", 0, "data_processing.max_length = 0"),
@@ -83,6 +84,7 @@ BOUNDED = [  # (section, key, value, what the message must say)
     ("training", "embedding_dim", 10**5, "training.embedding_dim = 100000: must be between 1 and 4096"),
     ("training", "num_layers", 100, "training.num_layers = 100: must be between 1 and 8"),
     ("generate", "num_samples", 100_001, "generate.num_samples = 100001: must be between 1 and 100000"),
+    ("generate", "beam_size", 65, "generate.beam_size = 65: must be between 1 and 64"),
     ("generate", "num_samples", 100_000, "generate.num_samples = 100000 with 7 begin words makes 700,000 poems, "
                                          "over the 100,000 one run may write: allowed 1..14285 with 7 begin words"),
 ]
@@ -98,9 +100,21 @@ def test_values_beyond_the_limits_are_named_with_the_range(section, key, value, 
 @pytest.mark.parametrize("section, key, value", [
     ("generate", "device", "cuda:1"), ("generate", "device", "mps"), ("training", "seed", 2**32 - 1),
     ("training", "hidden_dim", 4096), ("training", "batch_size", 8192), ("generate", "batch_size", 65536),
+    ("generate", "beam_size", 64),
 ])
 def test_values_at_the_limits_are_accepted(section, key, value):
     validate_all(with_value(section, key, value))
+
+
+def test_a_beam_returns_at_most_beam_size_poems_per_begin_word():
+    params = with_value("generate", "strategy", "beam")
+    params["generate"] |= {"beam_size": 4, "num_samples": 5}
+    with pytest.raises(ParameterError, match="num_samples = 5 is more than beam_size = 4: a beam returns at most"):
+        validate_all(params)
+    params["generate"]["num_samples"] = 4
+    validate_all(params)
+    params["generate"] |= {"strategy": "sample", "num_samples": 5}
+    validate_all(params)  # sampling: num_samples draws, whatever beam_size
 
 
 def test_one_begin_word_may_have_the_whole_poem_budget():

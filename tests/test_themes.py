@@ -131,3 +131,15 @@ def test_keywords_asked_of_a_model_without_themes_name_its_version(poet):
     themed = Artifact(model, {"vocab_fingerprint": vocab.fingerprint, "themes": {"keyword_dropout": 0.25}})
     records, page = generate_poems(themed, vocab.to_json(), lexicon, rhyme, vectors, params)
     assert records[0]["settings"]["keywords"] == ["秋"] and "theme 秋" in page
+
+
+@pytest.mark.parametrize("form", ["free", "wujue"])
+def test_beam_search_reads_the_keywords_too(poet, form):
+    # beam size 1 is greedy: with a theme as without one
+    model, vocab, prosody, *_ = poet
+    decoder = Decoder(model, vocab, prosody)
+    p = parse(GenerateParams, "generate", {**shipped_params("generate"), "max_length": 8, "form": form,
+                                          "keywords": ["秋", "明月"]})
+    greedy = decoder.generate(["山", "江"], [None, None], p)
+    beam = decoder.generate(["山", "江"], [None, None], p.model_copy(update={"strategy": "beam", "beam_size": 1}))
+    assert beam.texts == greedy.texts and beam.scores == pytest.approx(greedy.scores, abs=1e-5)

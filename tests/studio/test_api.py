@@ -145,6 +145,8 @@ def test_same_settings_and_seed_same_poems_and_the_echoed_settings_reproduce_the
     {"form": "free", "begin_words": ["白", "春"], "strategy": "greedy", "num_samples": 4},
     {"form": "wujue", "begin_words": ["白"], "strategy": "sample", "num_samples": 8, "seed": 11, "top_k": 20,
      "no_repeat_ngram": 1},
+    {"form": "wujue", "begin_words": ["白"], "tones": "strict", "rhyme": True, "strategy": "beam", "beam_size": 4,
+     "num_samples": 3},
 ])
 def test_the_pipeline_and_the_server_write_the_same_poems(client, studio_project, params):
     from kedro.framework.session import KedroSession
@@ -183,6 +185,43 @@ def test_requests_that_arrive_together_are_decoded_together_and_keep_their_poems
     assert merged == alone
     assert health_alone["batches"] == len(bodies)
     assert health["requests"] == len(bodies) and health["batches"] == 2  # one per settings group
+
+
+def test_beam_requests_are_merged_only_with_the_same_beam_size_and_candidates(poet):
+    """A beam's candidates are its best distinct poems, best first; requests of other beam sizes or
+    candidate counts are decoded apart, and merging never changes a request's poems."""
+    beam = {**QIJUE, "strategy": "beam", "beam_size": 4, "num_samples": 2}
+    bodies = [beam, {**beam, "acrostic": "黄河白日"}, {**beam, "beam_size": 3}, {**beam, "num_samples": 3},
+              {**beam, "form": "free", "acrostic": None, "begin_words": ["白", "春"], "tones": "loose",
+               "rhyme": False}]
+
+    async def run(window: float, together: bool):
+        app = create_app(*poet, window=window)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://studio") as c:
+                if together:
+                    answers = await asyncio.gather(*(c.post("/api/poems", json=b) for b in bodies))
+                else:
+                    answers = [await c.post("/api/poems", json=b) for b in bodies]
+                health = (await c.get("/api/health")).json()
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        return [a.json()["poems"] for a in answers], health
+
+    alone, _ = asyncio.run(run(0.0, False))
+    merged, health = asyncio.run(run(0.3, True))
+    poems = lambda answers: [[(p["text"], p["score"]) for p in a] for a in answers]  # noqa: E731
+    assert poems(merged) == poems(alone)
+    assert health["batches"] == 4  # the first two together; other beam size, other count, other form apart
+    for body, poems in zip(bodies, alone):
+        n, starts = body["num_samples"], len(body["begin_words"]) if not body["acrostic"] else 1
+        assert [p["rank"] for p in poems] == list(range(1, n * starts + 1))
+        by_index = [p["score"] for p in sorted(poems, key=lambda p: p["index"])]  # each beam's, best first
+        assert all(by_index[k] >= by_index[k + 1] for k in range(n * starts - 1) if (k + 1) % n)
+        texts = [p["text"] for p in poems]
+        assert len(set(texts)) == len(texts)
+        if body["form"] == "qijue":
+            assert all(p["verdict"]["tones"] and p["verdict"]["rhyme"] for p in poems)
 
 
 def test_decoding_happens_off_the_event_loop(poet):
@@ -227,7 +266,10 @@ def test_decoding_happens_off_the_event_loop(poet):
     ({"form": "free", "rhyme": True}, "tones", "need a regular form"),
     ({"form": "free", "no_copy": True}, "no_copy", "needs a regular form"),
     ({"tones": "tight"}, "tones", "Input should be 'loose' or 'strict'"),
-    ({"strategy": "beam"}, "strategy", "Input should be 'greedy' or 'sample'"),
+    ({"strategy": "topk"}, "strategy", "Input should be 'greedy', 'sample' or 'beam'"),
+    ({"strategy": "beam", "beam_size": 0}, "beam_size", "greater than or equal to 1"),
+    ({"strategy": "beam", "beam_size": 65}, "beam_size", "less than or equal to 64"),
+    ({"strategy": "beam", "beam_size": 2, "num_samples": 3}, "num_samples", "more than beam_size = 2"),
     ({"temperature": 0}, "temperature", "greater than 0"),
     ({"temperature": 11}, "temperature", "less than or equal to 10"),
     ({"top_p": 0}, "top_p", "greater than 0"),

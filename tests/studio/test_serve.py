@@ -176,6 +176,22 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         b.evaluate("document.querySelector('input[name=form][value=free]').click()")
         assert b.evaluate("['tones', 'rhyme', 'no_copy'].every(id => document.getElementById(id).disabled)")
 
+        # beam search: its size field shows (and is sent) only once beam is picked; 3 best of a beam of 4
+        hidden = "document.getElementById('beam-field').hidden && document.getElementById('beam_size').disabled"
+        assert b.evaluate(hidden)
+        assert b.evaluate("getComputedStyle(document.getElementById('beam-field')).display") == "none"
+        b.evaluate("document.querySelector('input[name=strategy][value=beam]').click()")
+        assert not b.evaluate(f"({hidden.replace('&&', '||')})")
+        b.evaluate("document.getElementById('beam_size').value = 4; document.getElementById('num_samples').value = 3;"
+                   "document.getElementById('poems').replaceChildren(); document.getElementById('write').click()")
+        b.wait_for("document.querySelectorAll('#poems .poem').length > 0 && "
+                   "document.getElementById('results').getAttribute('aria-busy') === 'false'")
+        assert b.evaluate("document.querySelectorAll('#poems .poem').length") == 3  # distinct: none folded
+        assert "beam search, beam size 4" in b.evaluate("document.getElementById('status').textContent")
+        assert "strategy=beam" in b.evaluate("location.search") and "beam_size=4" in b.evaluate("location.search")
+        b.evaluate("document.querySelector('input[name=strategy][value=sample]').click()")
+        assert b.evaluate(hidden)
+
         # keyboard: no positive tabindex (DOM order is the focus order); every control is reachable
         assert b.evaluate("Array.from(document.querySelectorAll('[tabindex]')).every(e => e.tabIndex <= 0)")
         # phone width: nothing wider than the screen

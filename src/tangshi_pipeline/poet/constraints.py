@@ -176,6 +176,10 @@ class Templates:
         lost = ~keep.any(-1)[:, None]  # nothing fits any more (after a fallback): keep the old set
         self.alive, self.groups = torch.where(lost, self.alive, keep), torch.where(lost, self.groups, groups)
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Follow a beam search: row i now continues row ``rows[i]``."""
+        self.alive, self.groups = self.alive[rows], self.groups[rows]
+
     def held_to(self) -> list[str]:
         """The template each poem was held to: the first it still fits."""
         return [self.names[k] for k in self.alive.long().argmax(-1).tolist()]

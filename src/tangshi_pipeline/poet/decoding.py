@@ -9,7 +9,9 @@ Each step is the same story: **step** the network one token (``CharRNN.stepper``
 logits so that only legal tokens can be drawn (:mod:`.constraints`: the form's shape, forced line
 heads, tones, rhyme, 重韵, no repeated n-grams, no copied lines), **pick** a token
 (:func:`.sampling.pick`: greedy, or a sample), **advance** each poem. A form has a fixed number of
-steps; a free poem stops at the end token or ``max_length`` and drops out of the batch.
+steps; a free poem stops at the end token or ``max_length`` and drops out of the batch. Beam search
+(:mod:`.beam`) keeps ``beam_size`` hypotheses per poem as rows of the same batch, under the same
+masks, and picks the poem's best continuations across them instead.
 
 The settings are the validated ``generate`` parameters (:class:`~.params.GenerateParams`); which
 poems to write (begin characters, acrostics) and in batches of how many are the call's arguments.
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tangshi_pipeline.poet.beam import Beam, free_search, only, poems_per_beam
 from tangshi_pipeline.poet.constraints import FREE_LINE, Templates, VocabMasks
 from tangshi_pipeline.poet.model import CharRNN, select_state
 from tangshi_pipeline.poet.params import GenerateParams
@@ -106,7 +109,10 @@ class Decoder:
         log-probability per character, as :meth:`mean_logprobs` gives it, taken from the decoding
         steps themselves). Sampling draws come from (seed, poem index, step) alone, so each poem is
         the same whatever the batch size or device. ``keys``: a (seed, poem index) per poem;
-        default (``p.seed``, its position)."""
+        default (``p.seed``, its position). Beam search (:mod:`.beam`) takes each run of
+        ``num_samples`` equal pairs (as ``poem_heads`` lists them) as one poem and writes its
+        ``num_samples`` best, best first; ``batch_size`` then counts such poems, of ``beam_size``
+        rows each, and ``keys`` are not used (a beam draws nothing)."""
         if len(begins) != len(acrostics):
             raise ValueError("begins and acrostics must have the same length")
         if keys is not None and len(keys) != len(begins):
@@ -118,7 +124,9 @@ class Decoder:
         keys = keys if keys is not None else [(p.seed, i) for i in range(len(begins))]
         seeds = torch.tensor([seed_key(seed) for seed, _ in keys], dtype=torch.long, device=self.device)
         ids = torch.tensor([index for _, index in keys], dtype=torch.long, device=self.device)
-        run = self._form if p.form in FORMS else self._free
+        n = poems_per_beam(begins, acrostics, p)
+        begins, acrostics, seeds, ids = begins[::n], acrostics[::n], seeds[::n], ids[::n]  # a beam: n best at once
+        run = self._form if p.form in FORMS else self._free_beam if p.strategy == "beam" else self._free
         out = Poems([], [], [], [])
         with torch.inference_mode():
             for start in range(0, len(begins), batch_size):
@@ -219,18 +227,27 @@ class Decoder:
         banned = self.masks.repeats(history, p.no_repeat_ngram) if p.no_repeat_ngram else None
         return mask, banned
 
+    def _free_beam(self, begins, acrostics, p: GenerateParams, keys) -> Poems:
+        """Free poems by beam search (:func:`.beam.free_search`): each poem's ``num_samples`` best."""
+        ids, fallbacks, scores = free_search(self, begins, acrostics, p)
+        return Poems([self.vocab.decode(row) for row in ids.tolist()], [None] * len(ids), fallbacks.tolist(),
+                     scores.tolist())
+
     # ------------------------------------------------------------------------------- forms
 
     def _form(self, begins, acrostics, p: GenerateParams, keys) -> Poems:
         """Regulated verse: ``n_lines`` lines of ``n_chars`` characters, each ended by ， or 。 —
         a fixed number of steps for every poem; with strict tones or rhyme each poem is held to
-        the templates it still fits (:class:`.constraints.Templates`)."""
-        B, dev = len(begins), self.device
+        the templates it still fits (:class:`.constraints.Templates`). With beam search each row is
+        a hypothesis (:class:`.beam.Beam`), and every row's state follows the beam's choices."""
         n_lines, n_chars = FORMS[p.form]
         comma, period = self.masks.comma, self.masks.period
         if comma is None or period is None:
             raise ValueError(f"the vocabulary has no {COMMA!r} or {PERIOD!r}: form {p.form} cannot be written")
+        beam = Beam(len(begins), p.beam_size, self.device) if p.strategy == "beam" else None
         forced = self._heads(begins, acrostics, n_lines)
+        forced = beam.expand(forced) if beam is not None else forced
+        B, dev = len(forced), self.device
         fit = None  # no templates to follow unless tones are strict or lines rhyme
         if p.tones == "strict" or p.rhyme:
             fit = Templates(self.masks, p.form, p.tones == "strict", p.rhyme, forced)
@@ -238,11 +255,11 @@ class Decoder:
         out = torch.empty((B, n_lines * (n_chars + 1)), dtype=torch.long, device=dev)
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), self.initial_state(p.keywords, B)
         no_force = torch.zeros(B, dtype=torch.bool, device=dev)
-        logp = torch.zeros(B, device=dev)
+        logp = beam.start_scores() if beam is not None else torch.zeros(B, device=dev)
         for t in range(out.shape[1]):
             i, j = divmod(t, n_chars + 1)  # line, position in the line
             h, state = self.step(token, state)
-            raw = self._raw(h)
+            raw, scored = self._raw(h), False
             if j == n_chars:  # end of the line: punctuation, nothing to choose
                 token = torch.full((B,), comma if i % 2 == 0 else period, device=dev)
             else:
@@ -251,17 +268,28 @@ class Decoder:
                     token = forced[:, i]
                 else:
                     offset, mask, banned = self._form_masks(out[:, :t], i, j, p, fit, force)
-                    u = draws(*keys, t) if p.strategy == "sample" else None
-                    chosen, empty = self._choose(raw, offset, p, u, mask, self.off_content, banned)
+                    logits, empty = self._legal(raw, offset, mask, self.off_content, banned)
                     fallbacks += (empty & ~force).long()
-                    token = torch.where(force, forced[:, i], chosen)
+                    if beam is None:
+                        u = draws(*keys, t) if p.strategy == "sample" else None
+                        token = torch.where(force, forced[:, i], pick(logits, p, u)[0])
+                    else:  # each poem's K best, scored; every row's state follows them
+                        rows, token, logp = beam.select(only(logits, raw, force, forced[:, i]), raw, logp)
+                        out, fallbacks, state = out[rows], fallbacks[rows], select_state(state, rows)
+                        scored = True
+                        if fit is not None:
+                            fit.select(rows)
                 if fit is not None:
                     fit.narrow(token, i, j)
-            logp += _logp(raw, token)
+            if not scored:
+                logp += _logp(raw, token)
             out[:, t] = token
+        held_to = fit.held_to() if fit is not None else [None] * B
+        if beam is not None:  # each poem's num_samples best hypotheses, best first
+            best = beam.best(logp, p.num_samples)
+            out, fallbacks, logp, held_to = out[best], fallbacks[best], logp[best], [held_to[k] for k in best.tolist()]
         texts = [self.vocab.decode(row) for row in out.tolist()]
-        return Poems(texts, fit.held_to() if fit is not None else [None] * B, fallbacks.tolist(),
-                     (logp / out.shape[1]).tolist())
+        return Poems(texts, held_to, fallbacks.tolist(), (logp / out.shape[1]).tolist())
 
     def _form_masks(self, history: torch.Tensor, i: int, j: int, p: GenerateParams, fit: Templates | None,
                     force: torch.Tensor):
@@ -309,23 +337,28 @@ class Decoder:
         return torch.addmm(self.head_bias, h, self.weight_t)
 
     def _choose(self, raw, offset, p: GenerateParams, u, mask=None, fallback_offset=None, banned=None):
-        """Next token per poem from the raw logits plus ``offset`` ((V,) or (B, V), -inf = illegal),
-        an optional extra mask and optional (B, m) ids that are banned (<pad> where none); ``u``:
-        (B, 1) uniform draws when sampling. The bans give way first: a poem they leave with nothing
-        legal is drawn again without them; one the masks leave with nothing uses ``fallback_offset``.
-        Returns (tokens, which poems fell back to ``fallback_offset``)."""
-        token, best = pick(_logits(raw, offset, mask, banned), p, u)
-        empty = torch.isneginf(best)
+        """Next token per poem (:func:`.sampling.pick` from :meth:`_legal`'s logits); ``u``: (B, 1)
+        uniform draws when sampling. Returns (tokens, which poems fell back to ``fallback_offset``)."""
+        logits, empty = self._legal(raw, offset, mask, fallback_offset, banned)
+        return pick(logits, p, u)[0], empty
+
+    @staticmethod
+    def _legal(raw, offset, mask=None, fallback_offset=None, banned=None):
+        """The raw logits plus ``offset`` ((V,) or (B, V), -inf = illegal), an optional extra mask and
+        optional (B, m) ids that are banned (<pad> where none). The bans give way first: a poem they
+        leave with nothing legal has its row again without them; one the masks leave with nothing
+        gets ``fallback_offset``'s row. Returns (logits, which poems fell back to ``fallback_offset``)."""
+        logits = _logits(raw, offset, mask, banned)
+        empty = torch.isneginf(logits.amax(-1))
         if banned is not None and bool(empty.any()):
             rows = empty.nonzero()[:, 0]
-            token[rows], best[rows] = pick(
-                _logits(raw[rows], offset[rows] if offset.dim() == 2 else offset,
-                        None if mask is None else mask[rows], None), p, None if u is None else u[rows])
-            empty = torch.isneginf(best)
+            logits[rows] = _logits(raw[rows], offset[rows] if offset.dim() == 2 else offset,
+                                   None if mask is None else mask[rows])
+            empty = torch.isneginf(logits.amax(-1))
         if fallback_offset is not None and bool(empty.any()):
             rows = empty.nonzero()[:, 0]
-            token[rows] = pick(_logits(raw[rows], fallback_offset), p, None if u is None else u[rows])[0]
-        return token, empty
+            logits[rows] = _logits(raw[rows], fallback_offset)
+        return logits, empty
 
 
 def _logits(raw, offset, mask=None, banned=None) -> torch.Tensor:

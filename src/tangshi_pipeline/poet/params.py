@@ -34,6 +34,7 @@ MAX_LAYERS = 8             # training.num_layers
 MAX_TRAIN_BATCH = 8192     # training.batch_size
 MAX_DECODE_BATCH = 65536   # generate.batch_size
 MAX_POEMS = 100_000        # generate: num_samples × begin words (or × 1 for an acrostic) in one run
+MAX_BEAM = 64              # generate.beam_size: hypotheses kept per poem
 
 
 def _device(name: str) -> str:
@@ -177,7 +178,8 @@ class GenerateParams(Params):
     begin_words: list[Char] = Field(min_length=1)
     acrostic: Annotated[str, Field(min_length=1, max_length=16)] | None
     form: Form
-    strategy: Literal["greedy", "sample"]
+    strategy: Literal["greedy", "sample", "beam"]
+    beam_size: int = Field(ge=1, le=MAX_BEAM)
     temperature: float = Field(gt=0, le=10)
     top_k: int = Field(ge=0)
     top_p: float = Field(gt=0, le=1)
@@ -209,6 +211,12 @@ class GenerateParams(Params):
         if self.form == "free" and self.no_copy:
             raise ValueError(f"no_copy: true needs a regular form ({_REGULAR}): "
                              "form free has no fixed line length to check at")
+        if self.strategy == "beam" and self.num_samples > self.beam_size:
+            raise ValueError(
+                f"num_samples = {self.num_samples} is more than beam_size = {self.beam_size}: a beam returns "
+                f"at most beam_size distinct poems per begin character; raise generate.beam_size or lower "
+                f"generate.num_samples"
+            )
         starts = 1 if self.acrostic else len(self.begin_words)
         if self.num_samples * starts > MAX_POEMS:
             raise ValueError(

@@ -217,7 +217,7 @@ def create_app(poet: Poet, models: list[dict[str, Any]], window: float = 0.005, 
         per-character tones, its template, rhyme groups, the checker's verdict and copied lines."""
         start = time.perf_counter()
         req = poet.validate(await _read_json(request, max_body))
-        poems = await batcher.submit(req.group, req, len(req.begins))
+        poems = await batcher.submit(req.group, req, req.rows)
         # returned as built: ``Poems`` documents it (and the tests hold the answer to it); having
         # FastAPI re-validate and re-encode every character's annotation cost more CPU than decoding
         return JSONResponse({"model": poet.version, "settings": req.params.model_dump(include=set(API_FIELDS)),

@@ -8,7 +8,8 @@ each group as one call on the worker thread. Each request keeps its own seed and
 inside the batch, so merging never changes its poems (:meth:`.poet.Poet.write_together`).
 
 Bounded: at most ``max_batch`` poems per call (one request always fits) and ``max_waiting`` poems
-queued; past that :class:`Busy` (HTTP 503). A request whose client has gone is dropped unread.
+queued (a size is the decoder rows a request takes: a beam search's poem counts ``beam_size``);
+past that :class:`Busy` (HTTP 503). A request whose client has gone is dropped unread.
 
 One thread does all of torch's work, the model's loading included (:func:`decoder_thread`): with
 torch 2.13's OpenMP build, a thread that is not the first to run torch operators pays several times

@@ -73,9 +73,17 @@ class Request:
     @property
     def group(self) -> tuple:
         """Requests with equal groups are decoded together: the same decoding settings but the seed
-        (each poem keeps its own) — the same theme keywords too (the decoder feeds one prefix per batch)."""
-        settings = self.params.model_dump(exclude={"seed", *POEM_FIELDS})
+        (each poem keeps its own) — the same theme keywords too (the decoder feeds one prefix per
+        batch); a beam's num_samples is a decoding setting (its poems per beam)."""
+        poems = {"seed", *POEM_FIELDS} - ({"num_samples"} if self.params.strategy == "beam" else set())
+        settings = self.params.model_dump(exclude=poems)
         return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items())
+
+    @property
+    def rows(self) -> int:
+        """The decoder rows it takes: one per poem, or beam_size per beam (num_samples poems)."""
+        p = self.params
+        return len(self.begins) // p.num_samples * p.beam_size if p.strategy == "beam" else len(self.begins)
 
 
 def line_sources(vectors: pd.DataFrame, clean_poems: pd.DataFrame, vocab: Vocab) -> dict[str, list[dict]]:
@@ -184,9 +192,11 @@ class Poet:
             begins += r.begins
             acrostics += r.acrostics
             keys += [(r.params.seed, i) for i in range(len(r.begins))]
-        padding = -len(begins) % ROWS
-        poems = self.decoder.generate(begins + begins[:1] * padding, acrostics + acrostics[:1] * padding,
-                                      requests[0].params,
+        p = requests[0].params
+        unit, rows = (p.num_samples, p.beam_size) if p.strategy == "beam" else (1, 1)  # poems, rows per beam
+        padding = next(k for k in range(ROWS) if (len(begins) // unit + k) * rows % ROWS == 0) * unit
+        poems = self.decoder.generate(begins + begins[:unit] * (padding // unit),
+                                      acrostics + acrostics[:unit] * (padding // unit), p,
                                       batch_size=len(begins) + padding, keys=keys + keys[:1] * padding)
         out, start = [], 0
         for r in requests:

@@ -8,8 +8,10 @@ import torch
 
 from tangshi_pipeline.pipelines.generate.nodes import generate_poems, render_page, report_generation
 from tangshi_pipeline.poet.artifact import Artifact
+from tangshi_pipeline.poet.decoding import Decoder
 from tangshi_pipeline.poet.params import GenerateParams, parse
 from tangshi_pipeline.poet.prosody import check, clauses, sentences
+from tangshi_pipeline.poet.vocab import Vocab
 from tests.helpers import shipped_params
 from tests.helpers_models import POEMS, pingshui_prosody, tiny_model, vectors_of
 
@@ -45,7 +47,8 @@ def test_one_record_per_begin_character_and_sample_in_order(poet):
     assert [r["begin"] for r in records] == ["日", "日", "月", "月"]
     assert all(r["text"][0] == r["begin"] and len(r["text"]) <= 12 for r in records)
     assert records[0]["text"] == records[1]["text"]  # greedy: the samples of one begin are the same
-    assert set(records[0]) == {"begin", "acrostic", "form", "text", "lines", "template", "fallbacks", "settings"}
+    assert set(records[0]) == {"begin", "acrostic", "form", "text", "lines", "template", "fallbacks", "score",
+                               "settings"}
     assert set(records[0]["settings"]) == set(params()) - {"begin_words", "acrostic", "batch_size", "device"}
     assert page.startswith("# Generated poems") and "## 日" in page and "## 月" in page
 
@@ -79,6 +82,21 @@ def test_sampled_acrostic_quatrains_fit_the_form_tones_and_rhyme(poet):
     assert "## 藏头 白日依山" in page
 
 
+@pytest.mark.parametrize("changes", [dict(), dict(strategy="sample", num_samples=2),
+                                     dict(form="qijue", tones="strict", rhyme=True, strategy="beam", beam_size=4,
+                                          num_samples=3)])
+def test_every_poem_is_written_with_its_score(poet, changes):
+    model, vocab, *_ = poet
+    records, page = generate(poet, begin_words=["日", "月"], **changes)
+    decoder = Decoder(model.model, Vocab.from_json(vocab))
+    expected = decoder.mean_logprobs([r["text"] for r in records])
+    assert [r["score"] for r in records] == pytest.approx(expected, abs=1e-5)
+    if changes.get("strategy") == "beam":  # a beam's three best, best first, for each begin character
+        assert [r["begin"] for r in records] == ["日"] * 3 + ["月"] * 3 and len({r["text"] for r in records}) == 6
+        assert all(records[k]["score"] >= records[k + 1]["score"] for k in (0, 1, 3, 4))
+        assert "Decoding: beam search, beam size 4, tones strict" in page
+
+
 def test_a_model_of_another_vocabulary_is_refused_before_decoding(poet):
     model, vocab, lexicon, rhyme, vectors, _ = poet
     stranger = Artifact(model.model, {"vocab_fingerprint": "0" * 64})
@@ -95,7 +113,7 @@ def test_a_begin_character_outside_the_vocabulary_is_named(poet):
 
 def record(text: str, begin: str | None = None, acrostic: str | None = None, template: str | None = None) -> dict:
     return {"begin": begin, "acrostic": acrostic, "form": "wujue", "text": text, "lines": sentences(text),
-            "template": template, "fallbacks": 0, "settings": {}}
+            "template": template, "fallbacks": 0, "score": -4.0, "settings": {}}
 
 
 def test_page_has_a_section_per_begin_character_and_markdown_line_breaks():
@@ -128,6 +146,7 @@ def test_report_counts_format_copies_diversity_and_fallbacks(poet):
     assert report["format_accuracy"] == pytest.approx(2 / 3)  # the half poem is not a quatrain
     assert report["copy_rate"] == pytest.approx(6 / 10)  # 4 + 2 of the 10 lines are training lines
     assert report["fallback_steps"] == 3 and report["poems_with_fallback"] == 2
+    assert report["mean_score"] == pytest.approx(-4.0)
     lines = [c for p in poems for c in clauses(p["text"])]
     assert report["distinct_1"] == pytest.approx(len(set("".join(lines))) / len("".join(lines)))
     assert set(report["settings"]) == set(params()) - {"batch_size", "device"}

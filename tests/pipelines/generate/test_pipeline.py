@@ -34,11 +34,13 @@ def test_generate_writes_poems_page_and_report(processed):
     assert [p["begin"] for p in poems] == list("日红山夜君月")
     assert all(p["text"][0] == p["begin"] and len(p["text"]) <= 30 for p in poems)
     assert poems[0]["settings"]["strategy"] == "greedy" and poems[0]["form"] == "free"
-    assert set(poems[0]) == {"begin", "acrostic", "form", "text", "lines", "template", "fallbacks", "settings"}
+    assert set(poems[0]) == {"begin", "acrostic", "form", "text", "lines", "template", "fallbacks", "score",
+                             "settings"}
     page = (data / "08_reporting/generated_poems.md").read_text("utf-8")
     assert page.startswith("# Generated poems") and "## 日" in page
     report = json.loads((data / "08_reporting/generation_report.json").read_text("utf-8"))
     assert report["poems"] == 6 and 0 <= report["copy_rate"] <= 1 and "distinct_2" in report
+    assert report["mean_score"] == pytest.approx(sum(p["score"] for p in poems) / 6) and report["mean_score"] < 0
     lexicon = json.loads((data / "05_model_input/tone_lexicon.json").read_text("utf-8"))
     assert lexicon["tones"]["流"] == "平"
 

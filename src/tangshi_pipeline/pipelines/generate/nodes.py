@@ -68,7 +68,8 @@ def poem_heads(p: GenerateParams) -> tuple[list[str | None], list[str | None]]:
 
 def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table: dict, vectors: pd.DataFrame,
                    params: dict) -> tuple[list[dict], str]:
-    """Write ``num_samples`` poems per begin character (or for the acrostic), in batches. The
+    """Write ``num_samples`` poems per begin character (or for the acrostic), in batches, each with
+    its score (the model's mean log-probability per character; a beam's poems come best first). The
     training split's lines (from ``vectors``) are read only for ``no_copy``."""
     p = parse(GenerateParams, "generate", params)
     v = Vocab.from_json(vocab)
@@ -80,17 +81,19 @@ def generate_poems(model: Artifact, vocab: dict, tone_lexicon: dict, rhyme_table
     settings = p.model_dump(exclude={"begin_words", "acrostic", "batch_size", "device"})
     records = [
         {"begin": begin, "acrostic": acrostic, "form": p.form, "text": text, "lines": sentences(text),
-         "template": template, "fallbacks": fallbacks, "settings": settings}
-        for begin, acrostic, text, template, fallbacks
-        in zip(begins, acrostics, poems.texts, poems.templates, poems.fallbacks)
+         "template": template, "fallbacks": fallbacks, "score": score, "settings": settings}
+        for begin, acrostic, text, template, fallbacks, score
+        in zip(begins, acrostics, poems.texts, poems.templates, poems.fallbacks, poems.scores)
     ]
     return records, render_page(records, p)
 
 
 def render_page(records: list[dict], p: GenerateParams) -> str:
     """A readable Markdown page: one section per begin character / acrostic, one sentence per line."""
-    settings = (f"theme {' '.join(p.keywords)}, " if p.keywords else "") + f"{p.strategy}" + (f", temperature {p.temperature}, top-k {p.top_k or 'off'}, top-p {p.top_p}, "
-                                  f"seed {p.seed}" if p.strategy == "sample" else "")
+    how = f"beam search, beam size {p.beam_size}" if p.strategy == "beam" else p.strategy
+    theme = f"theme {' '.join(p.keywords)}, " if p.keywords else ""
+    settings = theme + how + (f", temperature {p.temperature}, top-k {p.top_k or 'off'}, top-p {p.top_p}, "
+                              f"seed {p.seed}" if p.strategy == "sample" else "")
     if p.form in FORMS:
         settings += f", tones {p.tones}, rhyme {'on' if p.rhyme else 'off'}" + (", no copied lines" if p.no_copy else "")
     if p.no_repeat_ngram:
@@ -157,7 +160,8 @@ def poem_report(texts: list[str], form: str, prosody: Prosody, reference: set[st
 def report_generation(generated_poems: list[dict], vectors: pd.DataFrame, vocab: dict,
                       tone_lexicon: dict, rhyme_table: dict, params: dict) -> dict[str, Any]:
     """The generation report: format accuracy, tonal conformance, rhyme accuracy, distinct-1/2,
-    copy rate (share of generated lines found verbatim in the training split), fallbacks.
+    copy rate (share of generated lines found verbatim in the training split), fallbacks, and the
+    poems' mean score (the model's mean log-probability per character, nats).
 
     It takes the whole ``generate`` section (``params:generate``): the report records the settings
     the poems were made with (all but ``batch_size`` and ``device``), and ``generate_poems``, which
@@ -168,5 +172,6 @@ def report_generation(generated_poems: list[dict], vectors: pd.DataFrame, vocab:
     report = poem_report(texts, p.form, prosody, training_clauses(vectors, Vocab.from_json(vocab)))
     report["fallback_steps"] = sum(r["fallbacks"] for r in generated_poems)
     report["poems_with_fallback"] = sum(r["fallbacks"] > 0 for r in generated_poems)
+    report["mean_score"] = sum(r["score"] for r in generated_poems) / max(len(generated_poems), 1)
     report["settings"] = p.model_dump(exclude={"batch_size", "device"})
     return report

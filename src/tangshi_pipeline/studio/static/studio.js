@@ -4,7 +4,7 @@
 "use strict";
 
 const FORM_NAMES = { free: "自由", wujue: "五言绝句", qijue: "七言绝句", wulv: "五言律诗", qilv: "七言律诗" };
-const NUMBERS = ["temperature", "top_p", "top_k", "num_samples", "max_length", "no_repeat_ngram", "seed"];
+const NUMBERS = ["temperature", "top_p", "top_k", "beam_size", "num_samples", "max_length", "no_repeat_ngram", "seed"];
 const TONE_CLASS = { "平": "ping", "仄": "ze", "○": "either" };
 const $ = (id) => document.getElementById(id);
 let last = null; // the last response, re-rendered when the script switch changes
@@ -41,6 +41,7 @@ function body() {
   if (f.begin_words.value.trim()) out.begin_words = [f.begin_words.value.trim()];
   out.keywords = words(f.keywords.value);
   for (const name of NUMBERS) {
+    if (name === "beam_size" && out.strategy !== "beam") continue;  // the beam size is beam's alone
     const value = f[name].value.trim();
     if (value !== "") out[name] = Number(value);
   }
@@ -59,6 +60,7 @@ function fill(settings) {
   if (settings.begin_words) f.begin_words.value = [].concat(settings.begin_words).join("").slice(0, 1);
   for (const name of NUMBERS) if (name in settings && settings[name] !== null) f[name].value = settings[name];
   rulesFollowForm();
+  beamSizeFollowsStrategy();
 }
 
 // The permalink: every setting the server used, plus the script.
@@ -217,7 +219,8 @@ function render() {
     list.append(poemItem(p, seen.get(p.text), last.settings.form, trad));
   }
   const s = last.settings;
-  const how = s.strategy === "sample" ? `sampled, T ${s.temperature}, top-p ${s.top_p}, seed ${s.seed}` : "greedy";
+  const how = s.strategy === "sample" ? `sampled, T ${s.temperature}, top-p ${s.top_p}, seed ${s.seed}`
+    : s.strategy === "beam" ? `beam search, beam size ${s.beam_size}` : "greedy";
   $("status").textContent = `${last.poems.length} ${FORM_NAMES[s.form]} (${how}) in ${Math.round(last.seconds * 1000)} ms, best first — model ${last.model}`;
   $("results-title").focus();
 }
@@ -239,9 +242,17 @@ function rulesFollowForm() {
   for (const id of ["tones", "rhyme", "no_copy"]) $(id).disabled = free;
 }
 
+// The beam size field: shown (and sent) only for beam search.
+function beamSizeFollowsStrategy() {
+  const beam = $("settings").elements.strategy.value === "beam";
+  $("beam-field").hidden = !beam;
+  $("beam_size").disabled = !beam;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("settings").addEventListener("submit", write);
   for (const radio of document.querySelectorAll('input[name="form"]')) radio.addEventListener("change", rulesFollowForm);
+  for (const radio of document.querySelectorAll('input[name="strategy"]')) radio.addEventListener("change", beamSizeFollowsStrategy);
   $("reseed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
   for (const radio of document.querySelectorAll('input[name="script"]')) {
     radio.addEventListener("change", () => {
