@@ -258,7 +258,7 @@ def test_no_copy_never_completes_a_training_line(setup, form):
 def test_bans_give_way_before_the_masks(setup):
     vocab, _, decoder = setup
     a, b = vocab.index["楼"], vocab.index["流"]
-    h = torch.randn(2, decoder.weight_t.shape[0], generator=torch.Generator().manual_seed(0))
+    h = torch.randn(2, decoder.model.config.hidden_dim, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(2, len(vocab), dtype=torch.bool)
     mask[:, [a, b]] = True  # e.g. the rhyme group: only 楼 and 流 are legal
     banned = torch.tensor([[a, b], [a, 0]])  # poem 0: both banned (重韵, no_copy …); poem 1: only 楼

@@ -79,7 +79,7 @@ def _one_step(comm, optimizer, out):
 
 def _resume(comm, out):
     # dropout > 0: each rank's masks come from its own RNG, which the checkpoint keeps for every rank
-    p = params(epochs=2, batch_size=4, dropout=0.3, world_size=WORLD)
+    p = params(epochs=2, batch_size=4, dropout=0.3, world_size=WORLD, lr_schedule="constant")  # 1 then 2 epochs: two cycles
     seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V, size=3 + i % 5), END_ID])
             for i in range(30)]
     # a train-loss row every 3 steps: the window of one spans the checkpoint (4 steps per epoch)
@@ -184,7 +184,7 @@ def test_one_process_comm_does_nothing():
     comm, module = ONE_PROCESS, torch.nn.Linear(2, 1)
     assert (comm.rank, comm.world, comm.local_world, comm.device) == (0, 1, 1, None)
     assert comm.all_sum(2.5) == 2.5 and comm.any(True) and not comm.any(False)
-    assert comm.agree(5, over=True, due=False, bad=True) == (True, False, True)
+    assert comm.agree(5, over=True, due=False, bad=True, clock=0.25) == (True, False, True, 0.25)
     assert comm.wrap(module) is module and comm.gather_rng() == {} and comm.alone() is comm
     comm.barrier()
 

@@ -120,3 +120,31 @@ def test_a_model_of_another_vocabulary_is_one_check_naming_the_dataset():
     assert problem.startswith("the model was trained on vocabulary 000000000000… but the dataset `vocab`")
     bigger = Vocab((*vocab.tokens, "月"), (*vocab.counts, 1))
     assert "5 output tokens" in vocabulary_mismatch(Artifact(model, {"vocab_fingerprint": bigger.fingerprint}), bigger)
+
+
+ADAPTIVE = dict(embedding_dim=5, hidden_dim=16, num_layers=1, head="adaptive", adaptive_cutoffs=(8, 20))
+
+
+def test_adaptive_head_shapes_artifact_and_one_way_to_read_it(tmp_path):
+    from tangshi_pipeline.poet.model import nll, parameter_shapes
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(30, **ADAPTIVE))
+    assert parameter_shapes(model.config) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ids = torch.randint(1, 30, (3, 7))
+    ids[0, 4:] = 0  # padding
+    hidden, _ = model.features(ids[:, :-1])
+    logits = model.logits(hidden)
+    assert logits.shape == (3, 6, 30) and torch.allclose(logits.exp().sum(-1), torch.ones(3, 6))
+    assert model.nll(hidden, ids[:, 1:], fused=True).item() == pytest.approx(nll(logits, ids[:, 1:]).item(), rel=1e-5)
+    save_artifact(tmp_path, Artifact(model))
+    loaded = load_artifact(tmp_path)
+    assert loaded.model.config == model.config
+    assert torch.equal(loaded.model(ids)[0], model.eval()(ids)[0])
+
+
+def test_bad_adaptive_cutoffs_are_named():
+    with pytest.raises(ValueError, match=r"architecture.adaptive_cutoffs = \[20, 8\]"):
+        ModelConfig.from_json({"vocab_size": 30, "head": "adaptive", "adaptive_cutoffs": [20, 8]})
+    with pytest.raises(ValueError, match=r"architecture.head = 'tiny'"):
+        ModelConfig.from_json({"vocab_size": 30, "head": "tiny"})

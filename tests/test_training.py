@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from tangshi_pipeline.poet.checkpoints import CheckpointError, CheckpointStore
 from tangshi_pipeline.poet.devices import resolve_device
 from tangshi_pipeline.poet.model import ModelConfig
 from tangshi_pipeline.poet.params import ParameterError, TrainingParams
-from tangshi_pipeline.poet.training import fit
+from tangshi_pipeline.poet.training import fit, learning_rate
 from tangshi_pipeline.poet.vocab import END_ID, START_ID
 from tests.helpers import shipped_params
 
@@ -37,7 +38,7 @@ DEFAULTS = shipped_params("training")
 
 def params(**kw):
     base = dict(**DEFAULTS) | dict(embedding_dim=6, hidden_dim=10, num_layers=2, dropout=0.2, batch_size=5, epochs=3,
-                max_minutes=None, checkpoint_minutes=None, device="cpu", learning_rate=0.01)
+                max_minutes=None, checkpoint_minutes=None, device="cpu", learning_rate=0.01, warmup_steps=3)
     return TrainingParams(**{**base, **kw})
 
 
@@ -81,11 +82,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, data, optimizer
 def test_more_epochs_continue_from_the_final_checkpoint(tmp_path, data):
     train, val = data
     store = CheckpointStore(tmp_path / "c")
-    fit(config(params()), "fp", train, val, params(epochs=2), store, CPU)
-    again = fit(config(params()), "fp", train, val, params(epochs=2), store, CPU)
+    p = partial(params, lr_schedule="constant")  # a cosine cycle over 2 epochs then 1 is not one over 3
+    fit(config(p()), "fp", train, val, p(epochs=2), store, CPU)
+    again = fit(config(p()), "fp", train, val, p(epochs=2), store, CPU)
     assert again.position.epoch == 2 and again.position.global_step == 2 * len(train)  # nothing left to do
-    longer = fit(config(params()), "fp", train, val, params(epochs=3), store, CPU)
-    straight = fit(config(params()), "fp", train, val, params(epochs=3), None, CPU)
+    longer = fit(config(p()), "fp", train, val, p(epochs=3), store, CPU)
+    straight = fit(config(p()), "fp", train, val, p(epochs=3), None, CPU)
     for k, v in weights(straight).items():
         assert torch.equal(v, weights(longer)[k]), k
     assert len(list((tmp_path / "c").glob("step-*"))) == 2  # the newest two are kept
@@ -160,8 +162,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
 def test_a_non_finite_checkpoint_is_skipped_for_the_older_finite_one(tmp_path, data, caplog):
     train, val = data
     store = CheckpointStore(tmp_path / "skip")
-    p = params(epochs=2, checkpoint_every=1)
-    fit(config(p), "fp", train, val, params(epochs=1), store, CPU)
+    p = params(epochs=2, checkpoint_every=1, lr_schedule="constant")  # one cycle over 1 epoch, then 2 would differ
+    fit(config(p), "fp", train, val, params(epochs=1, lr_schedule="constant"), store, CPU)
     good = store.latest()
     poisoned = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in good.tensors.items()}
     store.save(good.meta["position"]["global_step"] + 1, good.meta, poisoned)  # as older code could leave
@@ -281,3 +283,67 @@ def test_interrupted_then_resumed_keeps_the_same_loss_rows(tmp_path, data):
         pytest.approx([h["train_loss"] for h in straight.position.history], rel=1e-6)
     for k, v in weights(straight).items():
         assert torch.equal(v, weights(resumed)[k]), k
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor_at_the_cycle_end():
+    p = params(learning_rate=0.01, warmup_steps=4, min_lr_ratio=0.1)
+    assert [learning_rate(p, s, 0.0) for s in range(4)] == pytest.approx([0.002, 0.004, 0.006, 0.008])
+    assert learning_rate(p, 4, 0.0) == pytest.approx(0.01)
+    assert learning_rate(p, 50, 0.5) == pytest.approx(0.0055)  # half-way down the cosine
+    assert learning_rate(p, 99, 1.0) == learning_rate(p, 99, 3.0) == pytest.approx(0.001)
+    assert learning_rate(params(lr_schedule="constant"), 0, 0.9) == params().learning_rate
+
+
+def lr_rows(result, after=0):
+    """(steps, learning rates) of the history's step rows after global step ``after``."""
+    rows = [(h["step"], h["learning_rate"]) for h in result.position.history if h["kind"] == "step" and h["step"] > after]
+    return [s for s, _ in rows], [lr for _, lr in rows]
+
+
+def test_the_optimizer_follows_the_schedule_and_a_resumed_run_takes_the_same_rates(tmp_path, data):
+    train, val = data
+    p = params()
+    straight = fit(config(p), "fp", train, val, p, None, CPU, log_every=1)
+    total = p.epochs * len(train)
+    steps, rates = lr_rows(straight)
+    assert steps == list(range(1, total + 1))
+    assert rates == pytest.approx([learning_rate(p, s, s / total) for s in range(total)])  # set before each step
+    store = CheckpointStore(tmp_path / "lr")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(p), "fp", train, val, p, store, CPU, on_step=Interrupt(len(train) + 2), log_every=1)
+    resumed = fit(config(p), "fp", train, val, p, store, CPU, log_every=1)
+    assert lr_rows(resumed) == lr_rows(straight)
+    for k, v in weights(straight).items():
+        assert torch.equal(v, weights(resumed)[k]), k
+
+
+def test_more_epochs_after_a_finished_cycle_start_a_new_cycle_over_the_added_epochs(tmp_path, data):
+    train, val = data
+    store, b = CheckpointStore(tmp_path / "cycle"), len(train)
+    first = fit(config(params()), "fp", train, val, params(epochs=2), store, CPU, log_every=1)
+    assert lr_rows(first)[1][-1] == pytest.approx(learning_rate(params(), 2 * b - 1, (2 * b - 1) / (2 * b)))
+    ended = store.latest().meta["position"]
+    longer = fit(config(params()), "fp", train, val, params(epochs=3), store, CPU, log_every=1)
+    assert (longer.position.cycle_start_step, longer.position.cycle_start_s) == (2 * b, ended["elapsed_s"])
+    steps, rates = lr_rows(longer, after=2 * b)
+    assert steps == list(range(2 * b + 1, 3 * b + 1))
+    assert rates == pytest.approx([learning_rate(params(), s, s / b) for s in range(b)])
+    assert rates[0] == pytest.approx(params().learning_rate / 4)  # warm-up again: 1 / (warmup_steps + 1)
+
+
+def test_a_spent_budget_ends_the_cycle_and_an_interrupted_one_is_resumed(tmp_path, data):
+    train, val = data
+    store = CheckpointStore(tmp_path / "budget")
+    spent = fit(config(params()), "fp", train, val, params(max_minutes=1e-9), store, CPU)
+    ended = store.latest().meta["position"]
+    assert spent.stopped == "budget" and ended["cycle_done"]
+    again = fit(config(params()), "fp", train, val, params(max_minutes=1e-9), store, CPU)
+    assert (again.position.cycle_start_step, again.position.cycle_start_s) == (1, ended["elapsed_s"])
+    assert again.position.global_step == 2  # one step of the new cycle's budget
+
+    store = CheckpointStore(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(params()), "fp", train, val, params(max_minutes=60), store, CPU, on_step=Interrupt(3))
+    assert not store.latest().meta["position"]["cycle_done"]
+    resumed = fit(config(params()), "fp", train, val, params(max_minutes=60, epochs=1), store, CPU)
+    assert resumed.position.cycle_start_step == 0 and resumed.stopped == "finished"

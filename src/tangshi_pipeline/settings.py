@@ -17,4 +17,6 @@ SESSION_CLASS = CachedSession
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # an environment's parameters file changes only the keys it names (conf/gpu: the larger preset)
+    "merge_strategy": {"parameters": "soft"},
 }

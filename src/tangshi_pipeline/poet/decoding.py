@@ -91,8 +91,7 @@ class Decoder:
         self.index = vocab.index
         self.step = self.model.stepper()
         self.masks = VocabMasks(vocab, prosody, training_lines, self.device)
-        self.weight_t = self.model.head.weight.detach().t().contiguous()
-        self.head_bias = self.model.head.bias.detach()
+        self.logits = self.model.logits
 
         def offset(mask: torch.Tensor) -> torch.Tensor:  # 0 where allowed, -inf elsewhere
             return torch.zeros(len(vocab), device=self.device).masked_fill(~mask, -torch.inf)
@@ -334,7 +333,7 @@ class Decoder:
 
     def _raw(self, h: torch.Tensor) -> torch.Tensor:
         """The head's logits, nothing masked: (B, V)."""
-        return torch.addmm(self.head_bias, h, self.weight_t)
+        return self.logits(h)
 
     def _choose(self, raw, offset, p: GenerateParams, u, mask=None, fallback_offset=None, banned=None):
         """Next token per poem (:func:`.sampling.pick` from :meth:`_legal`'s logits); ``u``: (B, 1)

@@ -76,10 +76,13 @@ class Comm:
         """Whether ``flag`` is true on any rank."""
         return flag
 
-    def agree(self, step: int, over: bool, due: bool, bad: bool) -> tuple[bool, bool, bool]:
+    def agree(self, step: int, over: bool, due: bool, bad: bool, clock: float
+              ) -> tuple[bool, bool, bool, float | None]:
         """At ``step``: (rank 0's budget spent, rank 0's checkpoint due, a non-finite loss on any
-        rank), the same on every rank, so all stop or checkpoint at the same step."""
-        return over, due, bad
+        rank, rank 0's ``clock``: the share of the budget used, which sets the learning rate), the
+        same on every rank, so all stop, checkpoint and change the learning rate at the same step;
+        the clock is None at steps where the ranks do not meet."""
+        return over, due, bad, clock
 
     def barrier(self) -> None:
         """Wait until every rank is here."""
@@ -118,14 +121,16 @@ class GroupComm(Comm):
     def any(self, flag: bool) -> bool:
         return self.all_sum(float(flag)) > 0
 
-    def agree(self, step: int, over: bool, due: bool, bad: bool) -> tuple[bool, bool, bool]:
+    def agree(self, step: int, over: bool, due: bool, bad: bool, clock: float
+              ) -> tuple[bool, bool, bool, float | None]:
         """Every ``AGREE_EVERY`` steps (one all-reduce; rank 0's clock decides), else nothing."""
         if step % AGREE_EVERY:
-            return False, False, False
+            return False, False, False, None
         first = self.rank == 0
-        flags = torch.tensor([over and first, due and first, bad], dtype=torch.int32, device=self.device)
+        flags = torch.tensor([over and first, due and first, bad, clock if first else -1.0],
+                             dtype=torch.float64, device=self.device)
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0]), bool(flags[1]), bool(flags[2])
+        return bool(flags[0]), bool(flags[1]), bool(flags[2]), flags[3].item()
 
     def barrier(self) -> None:
         dist.barrier()

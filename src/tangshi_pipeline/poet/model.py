@@ -44,6 +44,8 @@ class ModelConfig:
     hidden_dim: int = 128
     num_layers: int = 2
     dropout: float = 0.0
+    head: str = "full"  # "full": one linear layer over the vocabulary; "adaptive": see AdaptiveHead
+    adaptive_cutoffs: tuple[int, ...] = ()  # adaptive head: ids where its clusters start
 
     @classmethod
     def from_json(cls, data: Any) -> ModelConfig:
@@ -58,7 +60,7 @@ class ModelConfig:
             raise ValueError(f"architecture: unknown keys {unknown}")
         if "vocab_size" not in data:
             raise ValueError("architecture.vocab_size is missing")
-        config = cls(**data)
+        config = cls(**{**data, "adaptive_cutoffs": tuple(data.get("adaptive_cutoffs", ()))})
         for key in ("vocab_size", "embedding_dim", "hidden_dim", "num_layers"):
             value, top = getattr(config, key), MAX_LAYERS if key == "num_layers" else MAX_SIZE
             if type(value) is not int or not 1 <= value <= top:
@@ -67,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"architecture.dropout = {config.dropout!r}: expected a number in [0, 1)")
         if config.cell not in CELLS:
             raise ValueError(f"architecture.cell = {config.cell!r}: expected one of {sorted(CELLS)}")
+        if problem := head_problem(config.head, config.adaptive_cutoffs, config.vocab_size):
+            raise ValueError(f"architecture.{problem}")
         count = sum(math.prod(shape) for shape in parameter_shapes(config).values())
         if count > MAX_PARAMETERS:
             raise ValueError(
@@ -85,7 +89,32 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes |= {f"rnn.weight_ih_l{layer}": (rows, e if layer == 0 else h),
                    f"rnn.weight_hh_l{layer}": (rows, h),
                    f"rnn.bias_ih_l{layer}": (rows,), f"rnn.bias_hh_l{layer}": (rows,)}
-    return shapes | {"head.weight": (v, h), "head.bias": (v,)}
+    if config.head == "full":
+        return shapes | {"head.weight": (v, h), "head.bias": (v,)}
+    cut = [*config.adaptive_cutoffs, v]
+    shapes |= {"head.head.weight": (cut[0] + len(cut) - 1, h), "head.head.bias": (cut[0] + len(cut) - 1,)}
+    for i in range(len(cut) - 1):
+        width = adaptive_width(h, i)
+        shapes |= {f"head.tail.{i}.0.weight": (width, h), f"head.tail.{i}.1.weight": (cut[i + 1] - cut[i], width)}
+    return shapes
+
+
+def head_problem(head: str, cutoffs: tuple[int, ...], vocab_size: int) -> str | None:
+    """Why a head's settings are invalid ("<key> = <value>: <rule>"), or None."""
+    if head not in ("full", "adaptive"):
+        return f"head = {head!r}: expected 'full' or 'adaptive'"
+    if head == "full":
+        return None if not cutoffs else f"adaptive_cutoffs = {list(cutoffs)}: only for head 'adaptive'"
+    ok = cutoffs and all(type(c) is int for c in cutoffs) and list(cutoffs) == sorted(set(cutoffs))
+    if not ok or not 4 < cutoffs[0] or not cutoffs[-1] < vocab_size:
+        return (f"adaptive_cutoffs = {list(cutoffs)}: expected increasing token ids between 5 and the "
+                f"vocabulary size - 1 ({vocab_size - 1})")
+    return None
+
+
+def adaptive_width(hidden_dim: int, cluster: int) -> int:
+    """The projection width of an adaptive head's cluster, as torch sets it: hidden_dim // 4^(cluster + 1)."""
+    return int(hidden_dim // 4.0 ** (cluster + 1))
 
 
 class CharRNN(nn.Module):
@@ -97,12 +126,27 @@ class CharRNN(nn.Module):
             config.embedding_dim, config.hidden_dim, config.num_layers,
             batch_first=True, dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
-        self.head = nn.Linear(config.hidden_dim, config.vocab_size)
+        self.head = (nn.Linear(config.hidden_dim, config.vocab_size) if config.head == "full" else
+                     AdaptiveHead(config.hidden_dim, config.vocab_size, config.adaptive_cutoffs))
 
     def forward(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """ids (B, T) → logits (B, T, V) and the recurrent state to continue from."""
         out, state = self.features(ids, state)
-        return self.head(out), state
+        return self.logits(out), state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last layer's outputs (..., H) → logits (..., V) over the vocabulary (for the adaptive
+        head: log-probabilities, which are logits too): the one way to read the head."""
+        if isinstance(self.head, nn.Linear):
+            return self.head(hidden)
+        return self.head.log_prob(hidden.flatten(0, -2)).unflatten(0, hidden.shape[:-1])
+
+    def nll(self, hidden: torch.Tensor, targets: torch.Tensor, fused: bool) -> torch.Tensor:
+        """Summed NLL of ``targets`` (B, T) given the last layer's outputs (B, T, H); padding never counts."""
+        if isinstance(self.head, nn.Linear):
+            return head_nll(hidden, self.head, targets, fused)
+        keep = targets.flatten() != PAD_ID
+        return -self.head(hidden.flatten(0, 1)[keep].float(), targets.flatten()[keep]).output.sum()
 
     def features(self, ids: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         """ids (B, T) → the last layer's outputs (B, T, H), before the head (training fuses the
@@ -119,6 +163,25 @@ class CharRNN(nn.Module):
         """:meth:`step` for decoding: for an LSTM an :class:`LSTMStep` made from the weights as they
         are now (make another after they change), for the other cells :meth:`step` itself."""
         return LSTMStep(self) if isinstance(self.rnn, nn.LSTM) else self.step
+
+
+class AdaptiveHead(nn.AdaptiveLogSoftmaxWithLoss):
+    """An adaptive softmax (Grave et al. 2017) over a frequency-ordered vocabulary: the ids below
+    ``cutoffs[0]`` (the specials and the commonest characters: 87 % of the corpus's tokens below
+    1,000) are scored by one small linear layer, which also scores one entry per cluster of rarer
+    ids; a cluster's own characters are scored only for the tokens that fall in it, from a
+    projection 4× (then 16×, …) narrower than the hidden state. Training reads only the target's
+    cluster; :meth:`log_prob` gives the full distribution (evaluation and decoding)."""
+
+    def __init__(self, hidden_dim: int, vocab_size: int, cutoffs: tuple[int, ...]):
+        super().__init__(hidden_dim, vocab_size, list(cutoffs), div_value=4.0, head_bias=True)
+
+    def unigram_init(self, log_p: torch.Tensor) -> None:
+        """Start from the unigram distribution: the first layer's bias is the log frequency of each
+        of its ids and of each cluster's total (a cluster's own ids have no bias)."""
+        cut = [*self.cutoffs[:-1], len(log_p)]
+        clusters = [torch.logsumexp(log_p[a:b], 0) for a, b in zip(cut, cut[1:])]
+        self.head.bias.data = torch.cat([log_p[: cut[0]], torch.stack(clusters)]).float()
 
 
 class LSTMStep:

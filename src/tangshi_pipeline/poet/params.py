@@ -141,8 +141,13 @@ class TrainingParams(Params):
     hidden_dim: int = Field(ge=1, le=MAX_WIDTH)
     num_layers: int = Field(ge=1, le=MAX_LAYERS)
     dropout: float = Field(ge=0, lt=1)
+    head: Literal["full", "adaptive"]
+    adaptive_cutoffs: list[Annotated[int, Field(ge=5)]]
     optimizer: Literal["adamw", "rmsprop"]
     learning_rate: float = Field(gt=0)
+    lr_schedule: Literal["cosine", "constant"]
+    warmup_steps: int = Field(ge=0)
+    min_lr_ratio: float = Field(ge=0, le=1)
     weight_decay: float = Field(ge=0)
     grad_clip: float | None = Field(gt=0)
     batch_size: int = Field(ge=1, le=MAX_TRAIN_BATCH)

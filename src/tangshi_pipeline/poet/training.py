@@ -6,7 +6,8 @@ newest compatible checkpoint (``training_state.py``); the loop over epochs and b
 classic RMSprop, gradient clipping, bf16 autocast on CUDA if asked). What the loop does besides
 stepping is a named function it calls: :func:`_checkpoint`, :func:`_record_steps` and
 :func:`_record_epoch` (the history: the train loss every ``LOG_EVERY`` steps, train and validation
-loss per epoch), the progress bar, the budget and checkpoint clocks. A checkpoint is written every
+loss per epoch), the progress bar, the budget and checkpoint clocks, and the learning rate
+(:func:`learning_rate`, set before every step). A checkpoint is written every
 ``checkpoint_every`` epochs, every ``checkpoint_minutes``, when the budget is spent, on Ctrl-C and at
 the end; none, nor the model, ever holds a NaN or an infinity. The loop waits for the device only
 for the progress bar (about twice a second), the history's rows and checkpoints.
@@ -15,6 +16,15 @@ Data-parallel, the loop talks to the other ranks only through its :class:`Comm` 
 each rank takes its share of every epoch's batches (:meth:`Buckets.shard`), DistributedDataParallel
 averages the gradients, sums are all-reduced and rank 0 writes the checkpoints. On one process every
 collective is an identity: one loop for both.
+
+The learning rate follows a cycle (``training.lr_schedule: cosine``, as nanoGPT's): a linear warm-up
+over ``warmup_steps``, then a cosine decay to ``min_lr_ratio`` × ``learning_rate`` at the end of the
+cycle — the budget's end (``max_minutes`` of training time) or the last epoch (``epochs``), whichever
+comes first. Where the run is in its cycle is a function of the checkpointed position (steps and
+training seconds since the cycle began), so a run interrupted within a cycle resumes it — and
+finishes it: ``max_minutes`` is the budget of a cycle, not of each run. A run started after a cycle
+ended (its budget spent or its epochs done, then ``epochs`` raised) begins a new cycle: warm-up, and
+decay over another ``max_minutes`` (or over the added epochs).
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tangshi_pipeline.poet.devices import autocast, eval_batch, resolve_device, torch_settings
 from tangshi_pipeline.poet.distributed import ONE_PROCESS, Comm, spawn
 from tangshi_pipeline.poet.model import CharRNN, ModelConfig
-from tangshi_pipeline.poet.objective import StepLoss, evaluate, initial_model, make_optimizer
+from tangshi_pipeline.poet.objective import StepLoss, evaluate, initial_model, make_optimizer, model_config
 from tangshi_pipeline.poet.params import TrainingParams
 from tangshi_pipeline.poet.progress import ProgressBar
 from tangshi_pipeline.poet.training_state import (
@@ -52,7 +62,7 @@ from tangshi_pipeline.poet.vocab import Vocab
 log = logging.getLogger(__name__)
 LOG_EVERY = 200  # optimizer steps between the history's train-loss rows (besides one row per epoch)
 HISTORY_COLUMNS = ["epoch", "step", "tokens", "elapsed_s", "train_loss", "val_loss", "val_perplexity",
-                   "tokens_per_s", "kind"]
+                   "tokens_per_s", "kind", "learning_rate"]
 
 
 @dataclass
@@ -89,7 +99,7 @@ def train_poet(vectors: pd.DataFrame, vocab: Vocab, p: TrainingParams, store: Ch
     if p.world_size > 1 and comm.world == 1:  # ranks asked for, and this is not one of them: start them
         return _on_ranks_here(vectors, vocab, p, store, keywords)
     device = resolve_device(p.device) if comm.device is None else comm.device
-    config = ModelConfig(len(vocab), p.cell, p.embedding_dim, p.hidden_dim, p.num_layers, p.dropout)
+    config = model_config(p, len(vocab))
     with torch_settings(device, p.threads, comm.local_world):
         train = Buckets(train_seqs, p.batch_size, device, skips)
         val = Buckets(val_seqs, eval_batch(device), device) if val_seqs else None
@@ -142,7 +152,10 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     run = _Run(model, opt, p, store, comm, compat, device, pos)
     step_loss = comm.wrap(StepLoss(model, fused=device.type != "cuda" if p.fused_head == "auto" else p.fused_head))
     batches = train.steps(comm.world)  # optimizer steps per epoch
+    if pos.epoch < p.epochs and (pos.cycle_done or _progress(run, pos, batches) >= 1):
+        _new_cycle(run, pos)
     if _row_due(pos, log_every):  # interrupted just before its train-loss row was written
+        _set_learning_rate(run, pos, batches, pos.global_step - 1)  # the row shows its last step's rate
         _record_steps(run, pos, batches)
     _announce(run, train, batches)
     stopped = "finished"
@@ -150,6 +163,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
         with ProgressBar(p.epochs, batches, train.tokens, pos, run.budget, quiet=comm.rank > 0) as bar:
             while pos.epoch < p.epochs and stopped == "finished":
                 for batch, step_tokens in train.shard(p.seed, pos.epoch, comm.rank, comm.world, skip=pos.step):
+                    _set_learning_rate(run, pos, batches)
                     with autocast(device, p.precision):
                         loss = step_loss(batch.inputs, batch.targets)  # summed NLL of this rank's batch
                     opt.zero_grad(set_to_none=True)
@@ -168,8 +182,10 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                     if bar.due(now):
                         _fold_loss(run, pos)  # reads the loss from the device
                         bar.show(pos, now)
-                    over, due, bad = comm.agree(pos.global_step, _over_budget(run, now),
-                                                _checkpoint_due(run, now), not math.isfinite(pos.epoch_loss))
+                    over, due, bad, clock = comm.agree(pos.global_step, _over_budget(run, pos, now),
+                                                       _checkpoint_due(run, now), not math.isfinite(pos.epoch_loss),
+                                                       _clock(run, pos, now))
+                    run.clock = run.clock if clock is None else clock
                     if bad:
                         raise _non_finite_loss(run, pos)
                     if over:
@@ -179,6 +195,7 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
                         _checkpoint(run, pos, "time")
                 else:  # the epoch is done
                     _end_epoch(run, pos, val, batches)
+                    pos.cycle_done = pos.epoch == p.epochs
                     if pos.epoch % p.checkpoint_every == 0 or pos.epoch == p.epochs:
                         _checkpoint(run, pos, "epoch")
     except KeyboardInterrupt:
@@ -219,14 +236,59 @@ class _Run:
         self.segment_from = pos.epoch_tokens  # epoch_tokens when the epoch's tokens/s clock started
         self.budget = self.p.max_minutes * 60 if self.p.max_minutes else math.inf
         self.running = torch.zeros((), device=self.device)  # NLL summed on the device since the last fold
+        self.clock = _clock(self, pos, self.start)  # share of the budget used, as the ranks last agreed
 
     def elapsed(self) -> float:
         """Training seconds of this run and those it continues."""
         return self.trained_before + time.perf_counter() - self.start
 
 
-def _over_budget(run: _Run, now: float) -> bool:
-    return now - run.start > run.budget
+def learning_rate(p: TrainingParams, steps: int, progress: float) -> float:
+    """The learning rate ``steps`` optimizer steps into a cycle, ``progress`` (0 → 1) through it:
+    constant, or a linear warm-up over ``warmup_steps`` then a cosine decay to ``min_lr_ratio`` × it."""
+    if p.lr_schedule == "constant":
+        return p.learning_rate
+    if steps < p.warmup_steps:
+        return p.learning_rate * (steps + 1) / (p.warmup_steps + 1)
+    floor = p.learning_rate * p.min_lr_ratio
+    return floor + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (p.learning_rate - floor)
+
+
+def _clock(run: _Run, pos: Position, now: float) -> float:
+    """The share of the cycle's time budget used by ``now`` (0 without a budget)."""
+    return (run.trained_before + now - run.start - pos.cycle_start_s) / run.budget
+
+
+def _progress(run: _Run, pos: Position, batches: int, step: int | None = None) -> float:
+    """How far the cycle is at global ``step`` (by default the position's): its share of the budget
+    used or of its steps taken, whichever is further."""
+    step = pos.global_step if step is None else step
+    steps = (step - pos.cycle_start_step) / max(run.p.epochs * batches - pos.cycle_start_step, 1)
+    return max(steps, run.clock)
+
+
+def _set_learning_rate(run: _Run, pos: Position, batches: int, step: int | None = None) -> None:
+    """The optimizer's rate for global ``step`` (by default the one about to be taken)."""
+    step = pos.global_step if step is None else step
+    lr = learning_rate(run.p, step - pos.cycle_start_step, _progress(run, pos, batches, step))
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+
+
+def _new_cycle(run: _Run, pos: Position) -> None:
+    """The previous cycle is over: a new one starts here (warm-up, then decay over the new budget)."""
+    pos.cycle_start_s, pos.cycle_start_step, pos.cycle_done = pos.elapsed_s, pos.global_step, False
+    run.clock = _clock(run, pos, run.start)
+    if pos.global_step:
+        log.info("a new learning-rate cycle starts at step %d (the previous one ended)", pos.global_step)
+
+    def elapsed(self) -> float:
+        """Training seconds of this run and those it continues."""
+        return self.trained_before + time.perf_counter() - self.start
+
+
+def _over_budget(run: _Run, pos: Position, now: float) -> bool:
+    return _clock(run, pos, now) > 1
 
 
 def _checkpoint_due(run: _Run, now: float) -> bool:
@@ -282,7 +344,8 @@ def _record_steps(run: _Run, pos: Position, batches: int) -> None:
     pos.history.append({"kind": "step", "epoch": round(pos.epoch + pos.step / batches, 3), "step": pos.global_step,
                         "tokens": pos.tokens, "elapsed_s": round(run.elapsed(), 1),
                         "train_loss": window / max(pos.tokens - pos.window_start_tokens, 1),
-                        "val_loss": None, "val_perplexity": None, "tokens_per_s": None})
+                        "val_loss": None, "val_perplexity": None, "tokens_per_s": None,
+                        "learning_rate": run.opt.param_groups[0]["lr"]})
     pos.window_loss, pos.window_start_tokens = 0.0, pos.tokens
 
 
@@ -306,6 +369,7 @@ def _record_epoch(run: _Run, pos: Position, val: Buckets | None, batches: int, p
         "train_loss": epoch_loss / max(pos.epoch_tokens, 1),
         "val_loss": val_loss, "val_perplexity": math.exp(val_loss) if val_loss is not None else None,
         "tokens_per_s": round((pos.epoch_tokens - run.segment_from) / seconds) if seconds > 0 else None,
+        "learning_rate": run.opt.param_groups[0]["lr"],
     }
     pos.history.append(row)
     log.info("epoch %s: train loss %.3f, val loss %s, %s tokens/s", row["epoch"], row["train_loss"],
@@ -317,6 +381,7 @@ def _stop_for_budget(run: _Run, pos: Position, val: Buckets | None, batches: int
     log.info("the %.3g-minute budget (training.max_minutes) is spent; run again to continue", run.p.max_minutes)
     if pos.step:
         _record_epoch(run, pos, val, batches, partial=True)
+    pos.cycle_done = True
     _checkpoint(run, pos, "budget")
 
 

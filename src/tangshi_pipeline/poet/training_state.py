@@ -37,6 +37,9 @@ class Position:
     epoch_tokens: int = 0
     window_loss: float = 0.0  # summed NLL since the history's last train-loss row
     window_start_tokens: int = 0  # ``tokens`` at that row
+    cycle_start_step: int = 0  # global_step where the learning-rate cycle began
+    cycle_start_s: float = 0.0  # elapsed_s where it began
+    cycle_done: bool = False  # its budget was spent or its last epoch done: a re-run starts a new one
     history: list[dict] = field(default_factory=list)
 
     def advance(self, tokens: int) -> None:
@@ -48,8 +51,13 @@ class Position:
 
 
 def compatibility(config: ModelConfig, vocab_fingerprint: str, p: TrainingParams) -> dict[str, Any]:
-    """What a checkpoint must share with the run to be resumed: shape, vocabulary, optimizer."""
-    return {"architecture": asdict(config), "vocab_fingerprint": vocab_fingerprint, "optimizer": p.optimizer}
+    """What a checkpoint must share with the run to be resumed: shape, vocabulary, optimizer. (The
+    architecture as JSON keeps it; a full head's keys are left out, as checkpoints before the
+    adaptive head have them.)"""
+    arch = asdict(config) | {"adaptive_cutoffs": list(config.adaptive_cutoffs)}
+    if config.head == "full":
+        del arch["head"], arch["adaptive_cutoffs"]
+    return {"architecture": arch, "vocab_fingerprint": vocab_fingerprint, "optimizer": p.optimizer}
 
 
 def state_tensors(model: CharRNN, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
