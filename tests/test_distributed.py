@@ -23,6 +23,7 @@ from tangshi_pipeline.poet.artifact import Artifact
 from tangshi_pipeline.poet.batching import Buckets
 from tangshi_pipeline.poet.checkpoints import CheckpointStore
 from tangshi_pipeline.poet.distributed import ONE_PROCESS, GroupComm
+from tangshi_pipeline.poet.objective import model_config
 from tangshi_pipeline.poet.training import NonFiniteLoss, fit
 from tangshi_pipeline.poet.vocab import END_ID, START_ID
 from tests.test_training import CPU, V, config, params
@@ -122,11 +123,23 @@ def _non_finite(comm, out):
     (Path(out) / f"nan-rank{rank}.json").write_text(json.dumps({"outcome": outcome}))
 
 
+def _adaptive(comm, out):
+    # an adaptive head whose rare cluster (the last 3 ids) most batches never reach: DDP must not
+    # expect a gradient for every parameter on every step
+    p = params(epochs=2, batch_size=4, dropout=0.0, world_size=WORLD, head="adaptive", adaptive_cutoffs=[V - 3])
+    seqs = [np.array([START_ID, *np.random.default_rng(i).integers(4, V - 3, size=4), END_ID]) for i in range(15)]
+    seqs.append(np.array([START_ID, V - 1, V - 2, END_ID]))
+    result = fit(model_config(p, V), "fp", Buckets(seqs, 4), None, p, None, CPU, comm=comm)
+    (Path(out) / f"adaptive-rank{comm.rank}.json").write_text(json.dumps(
+        {"steps": result.position.global_step, "head": result.model.config.head}))
+
+
 def _all_checks(comm, out):
     for optimizer in ("adamw", "rmsprop"):
         _one_step(comm, optimizer, out)
     _resume(comm, out)
     _non_finite(comm, out)
+    _adaptive(comm, out)
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +190,11 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(two_ranks):
     for r in range(WORLD):  # the same error on both ranks (not a collective failing on rank 0)
         outcome = json.loads((two_ranks / f"nan-rank{r}.json").read_text())["outcome"]
         assert "non-finite" in outcome and kept[0].name in outcome, outcome
+
+
+def test_ranks_train_an_adaptive_head_whose_rare_cluster_a_step_may_not_reach(two_ranks):
+    reports = [json.loads((two_ranks / f"adaptive-rank{r}.json").read_text()) for r in range(WORLD)]
+    assert reports[0] == reports[1] == {"steps": 4, "head": "adaptive"}
 
 
 def test_one_process_comm_does_nothing():

@@ -91,7 +91,7 @@ class Comm:
         """The other ranks' RNG states, for rank 0's checkpoint (each rank's dropout masks differ)."""
         return {}
 
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+    def wrap(self, module: torch.nn.Module, partial: bool = False) -> torch.nn.Module:
         """``module`` with its gradients averaged over the ranks on ``backward``."""
         return module
 
@@ -146,8 +146,11 @@ class GroupComm(Comm):
             out |= {f"rng.{name}.rank{r}": g.cpu() for r, g in enumerate(gathered) if r}
         return out
 
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+    def wrap(self, module: torch.nn.Module, partial: bool = False) -> torch.nn.Module:
+        """``partial``: a step may leave parameters without a gradient (an adaptive head's cluster that
+        no target of the batch falls in); DDP then looks for them each step instead of waiting."""
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                       find_unused_parameters=partial)
 
     def alone(self) -> Comm:
         return Comm(self.rank)

@@ -150,7 +150,8 @@ def fit(config: ModelConfig, vocab_fingerprint: str, train: Buckets, val: Bucket
     compat = compatibility(config, vocab_fingerprint, p)
     pos, resumed_from = resume(store, model, opt, compat, p, comm.rank, comm.world)
     run = _Run(model, opt, p, store, comm, compat, device, pos)
-    step_loss = comm.wrap(StepLoss(model, fused=device.type != "cuda" if p.fused_head == "auto" else p.fused_head))
+    step_loss = comm.wrap(StepLoss(model, fused=device.type != "cuda" if p.fused_head == "auto" else p.fused_head),
+                          partial=config.head == "adaptive")
     batches = train.steps(comm.world)  # optimizer steps per epoch
     if pos.epoch < p.epochs and (pos.cycle_done or _progress(run, pos, batches) >= 1):
         _new_cycle(run, pos)
