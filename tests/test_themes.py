@@ -111,7 +111,8 @@ def _greedy_after(model, vocab, prefix: str, begin: str, length: int) -> str:
 def test_the_decoder_reads_the_keywords_before_the_start_token(poet):
     model, vocab, prosody, *_ = poet
     decoder = Decoder(model, vocab, prosody)
-    p = parse(GenerateParams, "generate", {**shipped_params("generate"), "max_length": 8, "keywords": ["秋", "明月"]})
+    p = parse(GenerateParams, "generate", {**shipped_params("generate"), "max_length": 8, "keywords": ["秋", "明月"],
+                                          "keyword_boost": 0})  # the conditioning alone
     themed = decoder.generate(["山", "江"], [None, None], p)
     assert themed.texts == [_greedy_after(model, vocab, "秋明月", b, 8) for b in ("山", "江")]
     plain = decoder.generate(["山", "江"], [None, None], p.model_copy(update={"keywords": []}))
@@ -139,7 +140,36 @@ def test_beam_search_reads_the_keywords_too(poet, form):
     model, vocab, prosody, *_ = poet
     decoder = Decoder(model, vocab, prosody)
     p = parse(GenerateParams, "generate", {**shipped_params("generate"), "max_length": 8, "form": form,
-                                          "keywords": ["秋", "明月"]})
+                                          "keywords": ["秋", "明月"], "keyword_boost": 0})  # beam is not boosted
     greedy = decoder.generate(["山", "江"], [None, None], p)
     beam = decoder.generate(["山", "江"], [None, None], p.model_copy(update={"strategy": "beam", "beam_size": 1}))
     assert beam.texts == greedy.texts and beam.scores == pytest.approx(greedy.scores, abs=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample"])
+def test_the_keyword_boost_brings_each_theme_character_in_once_and_leaves_the_score_alone(poet, strategy):
+    model, vocab, prosody, *_ = poet
+    decoder = Decoder(model, vocab, prosody)
+    base = {**shipped_params("generate"), "max_length": 12, "strategy": strategy, "beam_size": 2,
+            "keywords": ["秋", "明月"]}
+    plain = decoder.generate(["山", "江"], [None, None], parse(GenerateParams, "generate", {**base, "keyword_boost": 0}))
+    p = parse(GenerateParams, "generate", {**base, "keyword_boost": 10})
+    boosted = decoder.generate(["山", "江"], [None, None], p)
+    assert plain.texts != boosted.texts
+    for text, score in zip(boosted.texts, boosted.scores):
+        assert [text.count(c) for c in "秋明月"] == [1, 1, 1], text  # once each: the nudge stops when written
+        # the score is still the model's own: the text's mean log-probability after the keywords
+        ids = [vocab.index[c] for c in "秋明月"] + [START_ID] + [vocab.index[c] for c in text]
+        with torch.no_grad():
+            logp = model(torch.tensor([ids]))[0][0].log_softmax(-1)
+        own = [float(logp[i, ids[i + 1]]) for i in range(3, len(ids) - 1)]
+        assert score == pytest.approx(sum(own) / len(own), abs=1e-5)
+
+
+def test_beam_search_is_not_steered_by_the_keyword_boost(poet):
+    model, vocab, prosody, *_ = poet
+    decoder = Decoder(model, vocab, prosody)
+    base = {**shipped_params("generate"), "max_length": 12, "strategy": "beam", "beam_size": 2, "keywords": ["秋"]}
+    runs = [decoder.generate(["山"], [None], parse(GenerateParams, "generate", {**base, "keyword_boost": b})).texts
+            for b in (0, 10)]
+    assert runs[0] == runs[1]

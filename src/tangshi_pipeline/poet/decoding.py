@@ -91,6 +91,7 @@ class Decoder:
         self.index = vocab.index
         self.step = self.model.stepper()
         self.masks = VocabMasks(vocab, prosody, training_lines, self.device)
+        self.boost: tuple[torch.Tensor, float] | None = None  # per generate call: (keyword ids, boost), see steer
         self.logits = self.model.logits
 
         def offset(mask: torch.Tensor) -> torch.Tensor:  # 0 where allowed, -inf elsewhere
@@ -126,6 +127,7 @@ class Decoder:
         n = poems_per_beam(begins, acrostics, p)
         begins, acrostics, seeds, ids = begins[::n], acrostics[::n], seeds[::n], ids[::n]  # a beam: n best at once
         run = self._form if p.form in FORMS else self._free_beam if p.strategy == "beam" else self._free
+        self.boost = self._keyword_boost(p)
         out = Poems([], [], [], [])
         with torch.inference_mode():
             for start in range(0, len(begins), batch_size):
@@ -196,7 +198,8 @@ class Decoder:
             else:
                 mask, banned = self._free_masks(r, out[r["id"], :t], p, force)
                 u = draws(keys[0][r["id"]], keys[1][r["id"]], t) if p.strategy == "sample" else None
-                chosen, empty = self._choose(raw, self.off_free, p, u, mask, self.off_free, banned)
+                chosen, empty = self._choose(self.steer(raw, out[r["id"], :t]), self.off_free, p, u, mask,
+                                             self.off_free, banned)
                 fallbacks[r["id"][empty & ~force]] += 1
                 token = torch.where(force, head, chosen)
             scored = token != END_ID  # the end token is not a character of the poem
@@ -267,7 +270,8 @@ class Decoder:
                     token = forced[:, i]
                 else:
                     offset, mask, banned = self._form_masks(out[:, :t], i, j, p, fit, force)
-                    logits, empty = self._legal(raw, offset, mask, self.off_content, banned)
+                    choose_by = raw if beam is not None else self.steer(raw, out[:, :t])
+                    logits, empty = self._legal(choose_by, offset, mask, self.off_content, banned)
                     fallbacks += (empty & ~force).long()
                     if beam is None:
                         u = draws(*keys, t) if p.strategy == "sample" else None
@@ -309,6 +313,25 @@ class Decoder:
         return offset, mask, torch.cat(banned, 1) if banned else None
 
     # ------------------------------------------------------------------------------ helpers
+
+    def _keyword_boost(self, p: GenerateParams) -> tuple[torch.Tensor, float] | None:
+        """(ids of the theme keywords' characters, ``keyword_boost``); None when off."""
+        chars = sorted({c for word in p.keywords for c in word})
+        if not chars or not p.keyword_boost:
+            return None
+        return torch.tensor([self.index[c] for c in chars], device=self.device), p.keyword_boost
+
+    def steer(self, raw: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """The logits a token is chosen by: ``raw``, plus ``keyword_boost`` on each theme character
+        that the poem (``history``: its ids so far) has not written yet — a nudge toward the theme,
+        gone once the character is in, so the theme is not repeated. A poem's score is always read
+        off ``raw``, the model's own distribution. Beam search is not steered: it ranks by that
+        distribution alone."""
+        if self.boost is None:
+            return raw
+        ids, boost = self.boost
+        missing = ~(history[:, :, None] == ids).any(1)  # (B, k)
+        return raw.scatter_add(1, ids.expand(len(raw), -1), missing * boost)
 
     def initial_state(self, keywords: list[str], batch: int):
         """The recurrent state each of ``batch`` poems starts from: after the theme ``keywords``

@@ -198,6 +198,7 @@ class GenerateParams(Params):
     batch_size: int = Field(ge=1, le=MAX_DECODE_BATCH)
     device: Annotated[str, AfterValidator(_device)]
     keywords: list[Annotated[str, Field(min_length=1, max_length=2)]] = Field(max_length=3)
+    keyword_boost: float = Field(ge=0.0, le=10.0)
 
     @model_validator(mode="after")
     def _consistent(self):
