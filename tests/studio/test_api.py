@@ -162,26 +162,33 @@ def test_the_pipeline_and_the_server_write_the_same_poems(client, studio_project
     assert [p["held_to"] for p in server] == [p["template"] for p in pipeline]
 
 
+async def _post_all(poet, bodies: list[dict], window: float, together: bool) -> tuple[list[list[dict]], dict]:
+    """POST each body to a fresh app with this batching window, one after another or all at once;
+    each answer's poems and /api/health after them."""
+    app = create_app(*poet, window=window)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://studio") as c:
+            if together:
+                answers = await asyncio.gather(*(c.post("/api/poems", json=b) for b in bodies))
+            else:
+                answers = [await c.post("/api/poems", json=b) for b in bodies]
+            health = (await c.get("/api/health")).json()
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    return [a.json()["poems"] for a in answers], health
+
+
 def test_requests_that_arrive_together_are_decoded_together_and_keep_their_poems(poet):
     """Each request alone, then all at once through a long batching window: the same poems, fewer batches."""
     bodies = [{**QIJUE, "seed": s, "num_samples": n} for s, n in ((1, 1), (2, 3), (3, 8), (1, 5), (9, 16))]
     bodies += [{**QIJUE, "form": "wujue", "acrostic": "春江花月", "seed": 4, "num_samples": 2}]  # another group
 
-    async def run(window: float, together: bool):
-        app = create_app(*poet, window=window)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://studio") as c:
-                if together:
-                    answers = await asyncio.gather(*(c.post("/api/poems", json=b) for b in bodies))
-                else:
-                    answers = [await c.post("/api/poems", json=b) for b in bodies]
-                health = (await c.get("/api/health")).json()
-        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
-        return [[(p["text"], p["score"], p["rank"]) for p in a.json()["poems"]] for a in answers], health
+    def run(window: float, together: bool):
+        answers, health = asyncio.run(_post_all(poet, bodies, window, together))
+        return [[(p["text"], p["score"], p["rank"]) for p in a] for a in answers], health
 
-    alone, health_alone = asyncio.run(run(0.0, False))
-    merged, health = asyncio.run(run(0.3, True))
+    alone, health_alone = run(0.0, False)
+    merged, health = run(0.3, True)
     assert merged == alone
     assert health_alone["batches"] == len(bodies)
     assert health["requests"] == len(bodies) and health["batches"] == 2  # one per settings group
@@ -195,21 +202,8 @@ def test_beam_requests_are_merged_only_with_the_same_beam_size_and_candidates(po
               {**beam, "form": "free", "acrostic": None, "begin_words": ["白", "春"], "tones": "loose",
                "rhyme": False}]
 
-    async def run(window: float, together: bool):
-        app = create_app(*poet, window=window)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://studio") as c:
-                if together:
-                    answers = await asyncio.gather(*(c.post("/api/poems", json=b) for b in bodies))
-                else:
-                    answers = [await c.post("/api/poems", json=b) for b in bodies]
-                health = (await c.get("/api/health")).json()
-        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
-        return [a.json()["poems"] for a in answers], health
-
-    alone, _ = asyncio.run(run(0.0, False))
-    merged, health = asyncio.run(run(0.3, True))
+    alone, _ = asyncio.run(_post_all(poet, bodies, 0.0, False))
+    merged, health = asyncio.run(_post_all(poet, bodies, 0.3, True))
     poems = lambda answers: [[(p["text"], p["score"]) for p in a] for a in answers]  # noqa: E731
     assert poems(merged) == poems(alone)
     assert health["batches"] == 4  # the first two together; other beam size, other count, other form apart
