@@ -59,6 +59,29 @@ def generate_params(**changes):
     return GenerateParams.model_validate({**shipped, **changes})
 
 
+def generation_inputs(model: Path | None = None):
+    """What the quality benchmarks decode with, from the project's data/ (run from the project root):
+    (vocab, vectors, prosody, model artifact — ``model``, a version folder, or the latest). Stops
+    with a message when the model was not trained on this vocabulary."""
+    import pandas as pd
+    from kedro.io import Version
+
+    from tangshi_pipeline.plumbing.datasets import ModelArtifact
+    from tangshi_pipeline.poet.artifact import load_artifact
+    from tangshi_pipeline.poet.prosody import Prosody
+    from tangshi_pipeline.poet.vocab import Vocab
+
+    data = Path("data/05_model_input")
+    read = lambda name: json.loads((data / name).read_text("utf-8"))  # noqa: E731
+    vocab = Vocab.from_json(read("vocab.json"))
+    prosody = Prosody.from_json(read("tone_lexicon.json"), read("rhyme_table.json"))
+    artifact = load_artifact(model) if model else ModelArtifact("data/06_models/poet", Version(None, None)).load()
+    if artifact.vocab_fingerprint != vocab.fingerprint:
+        raise SystemExit("the model was not trained on data/05_model_input/vocab.json: run "
+                         "`kedro run --pipelines=training`, or pass --model")
+    return vocab, pd.read_parquet(data / "vectors.parquet"), prosody, artifact
+
+
 def write_results(name: str, results: dict, table: list[tuple[str, str]] | None = None) -> Path:
     """benchmarks/results/<name>.json (+ .md when a table of (figure, value) rows is given)."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -20,26 +20,20 @@ train one first with ``kedro run --pipeline=training``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-from kedro.io import Version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generate_params, write_results  # noqa: E402
+from common import generate_params, generation_inputs, write_results  # noqa: E402
 
 from tangshi_pipeline.pipelines.generate.nodes import poem_report, training_clauses  # noqa: E402
-from tangshi_pipeline.plumbing.datasets import ModelArtifact  # noqa: E402
-from tangshi_pipeline.poet.artifact import load_artifact  # noqa: E402
 from tangshi_pipeline.poet.decoding import Decoder  # noqa: E402
-from tangshi_pipeline.poet.prosody import FORMS, Prosody, shape_of  # noqa: E402
-from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
+from tangshi_pipeline.poet.prosody import FORMS, shape_of  # noqa: E402
 
 DATA = Path("data")
-MODELS = DATA / "06_models/poet"
 BEGINS = list("日红山夜湖君月")
 # name → (strategy, temperature, no_repeat_ngram, no_copy); top-p 0.9 as shipped
 RUNS = {"greedy": ("greedy", 0.8, 0, False), "greedy, no_repeat_ngram 2, no_copy": ("greedy", 0.8, 2, True),
@@ -54,14 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     poems = 28 if args.quick else args.poems
 
-    vocab = Vocab.from_json(json.loads((DATA / "05_model_input/vocab.json").read_text("utf-8")))
-    vectors = pd.read_parquet(DATA / "05_model_input/vectors.parquet")
-    prosody = Prosody.from_json(json.loads((DATA / "05_model_input/tone_lexicon.json").read_text("utf-8")),
-                                json.loads((DATA / "05_model_input/rhyme_table.json").read_text("utf-8")))
-    artifact = load_artifact(args.model) if args.model else ModelArtifact(str(MODELS), Version(None, None)).load()
-    if artifact.vocab_fingerprint != vocab.fingerprint:
-        raise SystemExit("the model was not trained on data/05_model_input/vocab.json: run "
-                         "`kedro run --pipeline=training`, or pass --model")
+    vocab, vectors, prosody, artifact = generation_inputs(args.model)
     reference = training_clauses(vectors, vocab)
     decoder = Decoder(artifact.model, vocab, prosody, training_lines=reference)
     begins = [BEGINS[i % len(BEGINS)] for i in range(poems)]

@@ -17,7 +17,6 @@ be trained with themes (``kedro run --pipelines=training``, ``training.keyword_d
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -25,22 +24,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from kedro.io import Version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generate_params, write_results  # noqa: E402
+from common import generate_params, generation_inputs, write_results  # noqa: E402
 
 from tangshi_pipeline.pipelines.generate.nodes import poem_report, training_clauses  # noqa: E402
-from tangshi_pipeline.plumbing.datasets import ModelArtifact  # noqa: E402
-from tangshi_pipeline.poet.artifact import load_artifact  # noqa: E402
 from tangshi_pipeline.poet.batching import Buckets, split_sequences, themed_sequences  # noqa: E402
 from tangshi_pipeline.poet.decoding import Decoder  # noqa: E402
 from tangshi_pipeline.poet.objective import evaluate  # noqa: E402
-from tangshi_pipeline.poet.prosody import Prosody  # noqa: E402
-from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
 
 DATA = Path("data")
-MODELS = DATA / "06_models/poet"
 THEMES = list("秋月春山水风雨花酒梅雪云江柳夜归送别思乡")
 BEGINS = list("日红山夜湖君月")
 KEYS = ("format_accuracy", "tonal_conformance", "rhyme_accuracy", "copy_rate")
@@ -56,15 +49,8 @@ def main() -> None:
     poems, themes = (8, THEMES[:4]) if args.quick else (args.poems, THEMES)
     torch.set_num_threads(1)
 
-    vocab = Vocab.from_json(json.loads((DATA / "05_model_input/vocab.json").read_text("utf-8")))
-    vectors = pd.read_parquet(DATA / "05_model_input/vectors.parquet")
+    vocab, vectors, prosody, artifact = generation_inputs(args.model)
     keywords = pd.read_parquet(DATA / "05_model_input/poem_keywords.parquet")
-    prosody = Prosody.from_json(json.loads((DATA / "05_model_input/tone_lexicon.json").read_text("utf-8")),
-                                json.loads((DATA / "05_model_input/rhyme_table.json").read_text("utf-8")))
-    artifact = load_artifact(args.model) if args.model else ModelArtifact(str(MODELS), Version(None, None)).load()
-    if artifact.vocab_fingerprint != vocab.fingerprint:
-        raise SystemExit("the model was not trained on data/05_model_input/vocab.json: run "
-                         "`kedro run --pipelines=training`, or pass --model")
     if not artifact.themed:
         raise SystemExit("the model was trained without themes: train with training.keyword_dropout < 1")
     reference = training_clauses(vectors, vocab)
