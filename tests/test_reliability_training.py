@@ -179,3 +179,47 @@ def test_kill_9_of_kedro_run_stops_the_ranks_it_spawned(project):
     project.run("data_processing")
     command = [KEDRO, "run", "--pipeline=training", f"--params={LONG},training.world_size=2"]
     assert kill_launcher_and_watch_ranks(project, command, "spawn_main") == []
+
+
+# A rank whose Ctrl-C handling hangs in C holding the GIL, as gloo's process-group destructor can
+# (pytorch/pytorch#56297): no Python thread runs again, so only a kernel timer can end it.
+HANGING_RANK = """
+import ctypes, signal, time
+from tangshi_pipeline.poet.distributed import stop_with_parent
+def hang(*_):
+    while True:
+        ctypes.PyDLL(None).pause()  # PyDLL: called holding the GIL
+signal.signal(signal.SIGINT, hang)
+stop_with_parent(grace_s=1, interval_s=0.1)
+print("ready", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+LAUNCHER = """
+import subprocess, sys
+rank = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True)
+assert rank.stdout.readline() == "ready\\n"
+print(rank.pid, flush=True)
+rank.wait()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the rank in /proc")
+def test_a_rank_hung_holding_the_gil_is_still_ended_after_its_launcher_dies():
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, HANGING_RANK], stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    rank = 0
+    try:
+        rank = int(launcher.stdout.readline())
+        launcher.kill()
+        launcher.wait(timeout=30)
+        deadline = time.time() + 20  # noticed within 0.1 s, ended 1 s later: the rest is slack
+        while time.time() < deadline and _running(rank):
+            time.sleep(0.1)
+        assert not _running(rank), "the rank outlived its launcher"
+    finally:
+        for pid in filter(None, [launcher.pid, rank]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

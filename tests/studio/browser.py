@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +29,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def session_members(leader: int) -> list[int]:
+    """The live processes of the session ``leader`` started (zombies left out), read from /proc."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        if session == str(leader) and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def end_session(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """End ``proc`` (started with ``start_new_session``) and every process of its session.
+
+    Chromium's renderer and utility processes can outlive its main process by a moment, still writing
+    into the profile folder: removing that folder then fails with "Directory not empty"."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + timeout
+    while (left := session_members(proc.pid)) and time.monotonic() < deadline:
+        for pid in left:  # the helpers, whatever process group they moved to
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 class Browser:
@@ -111,14 +146,11 @@ class Browser:
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", **params)["data"]))
 
     def close(self) -> None:
+        """Close the page, end Chromium and every helper process it started, remove its profile."""
         try:
             self._stack.close()
         finally:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
+            end_session(self._proc)
             self._profile.cleanup()
 
     def __enter__(self) -> Browser:

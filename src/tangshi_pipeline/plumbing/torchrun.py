@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tangshi_pipeline.plumbing.cache import project_lock
-from tangshi_pipeline.poet.distributed import process_group, stop_with_parent
+from tangshi_pipeline.poet.distributed import exit_when_interrupted, process_group, stop_with_parent
 from tangshi_pipeline.poet.params import TrainingParams, parse
 from tangshi_pipeline.poet.training import train_poet
 from tangshi_pipeline.poet.vocab import Vocab
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides.setdefault("training", {})["world_size"] = world  # recorded in the checkpoints and the model
     # rank 0 writes the checkpoints and the model: it holds the project lock as `kedro run` does
     lock = project_lock(project, f"torchrun training ({world} ranks)") if rank == 0 else contextlib.nullcontext()
-    with lock, KedroSession.create(project_path=project, env=args.env, runtime_params=overrides) as session:
+    with (exit_when_interrupted(), lock,
+          KedroSession.create(project_path=project, env=args.env, runtime_params=overrides) as session):
         catalog = session.load_context().catalog
         if rank:  # Kedro's logging configuration is loaded by now: one rank's progress is enough
             for name in ("kedro", "tangshi_pipeline"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import signal
 import socket
@@ -188,7 +189,8 @@ def _spawned_rank(rank: int, world: int, port: int, device: str, target: Callabl
     stop_with_parent()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s rank {rank}/{world} %(name)s: %(message)s")
-    with process_group(device, rank, world, f"tcp://127.0.0.1:{port}", rank, world) as comm:
+    address = f"tcp://127.0.0.1:{port}"
+    with exit_when_interrupted(), process_group(device, rank, world, address, rank, world) as comm:
         artifact = target(comm, *args)
         if comm.rank == 0:
             save_artifact(Path(out), artifact)
@@ -219,42 +221,62 @@ def free_port() -> int:
 
 
 def stop_with_parent(grace_s: float = 10.0, interval_s: float = 1.0) -> None:
-    """Stop this rank, as on Ctrl-C, when the process that started it dies.
+    """Stop this rank, as on Ctrl-C, when the process that started it dies; end it ``grace_s`` later.
 
     ``kill -9`` of torchrun (or of the ``kedro run`` whose train node spawned the ranks) gives it no
     chance to stop its ranks: they would go on training, rank 0 writing checkpoints, on their own.
-    A daemon thread polls for the parent's pid to change (the orphan was adopted), then sends this
-    process SIGINT: every rank stops, rank 0 saving a checkpoint unless it was waiting on a rank
-    that stopped first. Where the kernel sends that SIGINT already (``torch.multiprocessing.spawn``
-    asks for it), the thread does not. (PR_SET_PDEATHSIG is not used here: it fires when the
-    launcher's *thread* ends, and torchrun starts its ranks from one.) A process still there
-    ``grace_s`` later (waiting in a collective for a rank that is gone), or at once where SIGINT
-    is ignored, is ended outright; a checkpoint cut short stays a hidden temporary folder, which a
-    later run sweeps.
+    A daemon thread polls for the parent's pid to change (the orphan was adopted), arms a kernel
+    timer, then sends this process SIGINT: every rank stops, rank 0 saving a checkpoint unless it was
+    waiting on a rank that stopped first. The timer (``alarm``: SIGALRM, whose default action ends
+    the process) ends a rank still there ``grace_s`` later whatever it is doing: waiting in a
+    collective for a rank that is gone, or hung in C++ holding the GIL, where no Python thread would
+    run again (gloo's process-group destructor, pytorch/pytorch#56297). Where SIGINT is ignored (a
+    shell's background job) the rank is ended at once. A checkpoint cut short stays a hidden
+    temporary folder, which a later run sweeps.
+
+    Called on the main thread when a rank starts. The parent-death SIGINT that
+    ``torch.multiprocessing.spawn`` asks the kernel for is cleared, so that the timer is always armed
+    before the SIGINT arrives. (That kernel signal is not used instead: it fires when the launcher's
+    *thread* ends, and torchrun starts its ranks from one.)
     """
-    parent, kernel_signals = os.getppid(), _parent_death_signal() != 0
+    _prctl(1, 0)  # PR_SET_PDEATHSIG: none
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval_s)
         os.write(2, f"rank process {os.getpid()}: its launcher (pid {parent}) is gone; stopping\n".encode())
-        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # ignored in a shell's background job
-            if not kernel_signals:
-                os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(grace_s)
-        os._exit(1)
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            os._exit(1)
+        signal.alarm(max(1, math.ceil(grace_s)))
+        os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
-def _parent_death_signal() -> int:
-    """The signal the kernel sends this process when its parent dies (Linux: prctl
-    PR_GET_PDEATHSIG), 0 if none or where that cannot be asked."""
-    if not sys.platform.startswith("linux"):
-        return 0
-    value = ctypes.c_int(0)
+def _prctl(option: int, value: int) -> None:
+    """Linux prctl(2) with one integer argument; nothing elsewhere or where it cannot be called."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def exit_when_interrupted(code: int = 130) -> Iterator[None]:
+    """Leave the process at once (exit status ``code``) when an interrupt comes out of the block.
+
+    By then the training has saved its interrupted state. Unwinding further would free the
+    DistributedDataParallel reducer, and with it the last reference to gloo's process group, whose
+    destructor waits, holding the GIL, for a worker thread that may need the GIL to free the tensors
+    of an all-reduce the interrupt cut short: a rank that never exits (pytorch/pytorch#56297; seen
+    in 1 of 3 ``kill -9`` runs of a 2-rank ``kedro run``). Logs and standard streams are flushed first.
+    """
     try:
-        ok = ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(value), 0, 0, 0) == 0  # 2: PR_GET_PDEATHSIG
-    except (OSError, AttributeError):
-        return 0
-    return value.value if ok else 0
+        yield
+    except KeyboardInterrupt:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
