@@ -4,6 +4,7 @@ and a tiny model saved into a throw-away project."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +81,19 @@ def pingshui_prosody() -> tuple[Vocab, Prosody, dict, dict]:
 
 
 def save_model(project_path: Path, seed: int = 0, fingerprint: str | None = None) -> Artifact:
-    """Save a tiny untrained model for the project's vocabulary as a new version of `model`."""
+    """Save a tiny untrained model for the project's vocabulary as a new version of `model`. Returns
+    once the clock has passed that version's millisecond: a version saved next (by this or a Kedro
+    session's run) gets a later name, never the same one (Kedro refuses to overwrite a version)."""
     from kedro.io import Version
+    from kedro.io.core import generate_timestamp
 
     from tangshi_pipeline.plumbing.datasets import ModelArtifact
 
     vocab = Vocab.from_json(json.loads((project_path / "data/05_model_input/vocab.json").read_text("utf-8")))
     artifact = Artifact(tiny_model(len(vocab), seed=seed),
                         {"vocab_fingerprint": fingerprint or vocab.fingerprint, "training": {"tiny": True}})
-    ModelArtifact(str(project_path / "data/06_models/poet"), version=Version(None, None)).save(artifact)
+    version = generate_timestamp()
+    ModelArtifact(str(project_path / "data/06_models/poet"), version=Version(None, version)).save(artifact)
+    while generate_timestamp() <= version:
+        time.sleep(0.001)
     return artifact

@@ -348,3 +348,24 @@ def test_when_no_version_is_usable_the_advice_is_to_retrain(trained):
         run_generate(trained)
     assert "No other version is usable" in str(raised.value)
     assert "kedro run --pipelines=training" in str(raised.value)
+
+
+def test_a_model_saved_by_the_helper_leaves_the_next_version_a_later_name(project, monkeypatch):
+    # With a clock that ticks every 20 ms (as CI's did), a Kedro session created right after the
+    # helper saved a model got the same version name: "Save path ... must not exist"
+    from datetime import datetime, timedelta, timezone
+
+    import kedro.io.core
+
+    class CoarseClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            t = datetime.now(tz or timezone.utc)
+            return t - timedelta(microseconds=t.microsecond % 20_000)
+
+    project.run("data_processing")
+    monkeypatch.setattr(kedro.io.core, "datetime", CoarseClock)
+    save_model(project.path, seed=1)
+    save_model(project.path, seed=2)
+    versions = sorted(p.name for p in (project.path / "data/06_models/poet").iterdir())
+    assert len(versions) == 2 and kedro.io.core.generate_timestamp() > versions[-1]
