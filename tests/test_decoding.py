@@ -171,6 +171,30 @@ def test_top_p_keeps_the_smallest_set_reaching_p(width):
     assert int(drawn.max()) <= needed - 1 and int(drawn.max()) >= 0.9 * (needed - 1) and int(drawn.min()) == 0
 
 
+@pytest.mark.parametrize("tries", [4, 0])  # 0: every row beyond its top 64 is sorted instead
+def test_top_p_draws_each_token_of_a_wide_nucleus_with_its_renormalised_probability(tries, monkeypatch):
+    # a nucleus of ~300 tokens: beyond the top 64, drawn by rejection (or, with no tries left, sorted)
+    from tangshi_pipeline.poet import sampling
+
+    monkeypatch.setattr(sampling, "TRIES", tries)
+    logits = torch.linspace(0.0, -6.0, 2000)[torch.randperm(2000, generator=torch.Generator().manual_seed(1))]
+    logits[::7] = -torch.inf  # masked tokens, as tones and rhyme leave them
+    probs = logits.softmax(-1)
+    ranked, order = probs.sort(descending=True)
+    keep = ranked.cumsum(0) - ranked < 0.9
+    target = torch.zeros_like(probs)
+    target[order[keep]] = ranked[keep] / ranked[keep].sum()
+    n = 60_000
+    u = torch.rand(n, 1, generator=torch.Generator().manual_seed(2))
+    drawn = torch.cat([sampling.nucleus(logits.repeat(5000, 1), 0.9, u[i:i + 5000]) for i in range(0, n, 5000)])
+    seen = torch.bincount(drawn, minlength=len(probs)).float() / n
+    assert int(keep.sum()) > 200 and float(seen[target == 0].sum()) == 0.0  # never outside the nucleus
+    noise = torch.bincount(torch.multinomial(target, n, replacement=True, generator=torch.Generator().manual_seed(3)),
+                           minlength=len(probs)).float() / n
+    tv, tv_noise = 0.5 * float((seen - target).abs().sum()), 0.5 * float((noise - target).abs().sum())
+    assert tv < 1.3 * tv_noise, (tv, tv_noise)  # as close as exact sampling's own noise
+
+
 def _repeated_pairs(text: str) -> int:
     pairs = [c[i:i + 2] for c in clauses(text) for i in range(len(c) - 1)]
     return len(pairs) - len(set(pairs))

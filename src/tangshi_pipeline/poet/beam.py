@@ -54,7 +54,7 @@ class Beam:
         first. ``logits``: (B·K, V), -inf where illegal, else the raw logits (so their order is the
         model's); a candidate's score is its row's plus the token's log-probability under ``raw``."""
         vals, idx = logits.topk(min(width, logits.shape[1]), dim=-1)        # (B·K, w) per row
-        cand = scores[:, None] + (raw.gather(1, idx) - raw.logsumexp(-1, keepdim=True))
+        cand = scores[:, None] + raw.gather(1, idx)
         cand = cand.masked_fill(torch.isneginf(vals), -torch.inf).view(self.B, -1)
         best, flat = cand.topk(min(width, cand.shape[1]), dim=-1)            # (B, w) per poem
         per_row = vals.shape[1]

@@ -75,10 +75,10 @@ def greedy_refeed(model: CharRNN, vocab: Vocab, begin: str, max_length: int = 30
 class Decoder:
     """Decode poems from a model; the vocabulary and prosody masks are built once.
 
-    Each step the head's logits are computed once: their log-sum-exp gives the chosen token's
-    log-probability under the model (the poem's score), and the masks are added to them as offset
-    rows (0 where allowed, -inf elsewhere): static masks are one row, per-poem masks one of four
-    rows (tones) or, at rhyming positions only, a full mask.
+    Each step the model's log-probabilities are computed once (:meth:`_raw`): the chosen token's is
+    its term of the poem's score, and the masks are added to them as offset rows (0 where allowed,
+    -inf elsewhere): static masks are one row, per-poem masks one of four rows (tones) or, at
+    rhyming positions only, a full mask.
     """
 
     def __init__(self, model: CharRNN, vocab: Vocab, prosody: Prosody | None = None, device: str = "cpu",
@@ -92,7 +92,8 @@ class Decoder:
         self.step = self.model.stepper()
         self.masks = VocabMasks(vocab, prosody, training_lines, self.device)
         self.boost: tuple[torch.Tensor, float] | None = None  # per generate call: (keyword ids, boost), see steer
-        self.logits = self.model.logits
+        # the adaptive head's logits are log-probabilities already; the full head's are normalised
+        self.normalised = model.config.head != "full"
 
         def offset(mask: torch.Tensor) -> torch.Tensor:  # 0 where allowed, -inf elsewhere
             return torch.zeros(len(vocab), device=self.device).masked_fill(~mask, -torch.inf)
@@ -163,7 +164,7 @@ class Decoder:
             for start in range(0, len(targets), chunk):
                 rows = slice(start, start + chunk)
                 logits = self._raw(hidden[rows])
-                logp[rows] = logits.gather(1, targets[rows, None])[:, 0] - logits.logsumexp(-1)
+                logp[rows] = logits.gather(1, targets[rows, None])[:, 0]
             keep = (targets != PAD_ID).view(len(texts), width)
             logp = logp.view(len(texts), width).masked_fill(~keep, 0.0)
             return (logp.sum(1) / keep.sum(1).clamp(min=1)).tolist()
@@ -275,7 +276,7 @@ class Decoder:
                     fallbacks += (empty & ~force).long()
                     if beam is None:
                         u = draws(*keys, t) if p.strategy == "sample" else None
-                        token = torch.where(force, forced[:, i], pick(logits, p, u)[0])
+                        token = torch.where(force, forced[:, i], pick(logits, p, u))
                     else:  # each poem's K best, scored; every row's state follows them
                         rows, token, logp = beam.select(only(logits, raw, force, forced[:, i]), raw, logp)
                         out, fallbacks, state = out[rows], fallbacks[rows], select_state(state, rows)
@@ -308,7 +309,8 @@ class Decoder:
             mask = fit.rhyme_mask(i, j) | force[:, None]
             banned.append(fit.earlier_rhymes(history, i))
         elif fit is not None:
-            offset = self.off_fits[fit.tone_row(i, j)]
+            row = fit.tone_row(i, j)  # one row for all, or one per poem (index_select: faster than [row])
+            offset = self.off_fits[row] if isinstance(row, int) else self.off_fits.index_select(0, row)
         banned = [b for b in banned if b is not None]
         return offset, mask, torch.cat(banned, 1) if banned else None
 
@@ -355,14 +357,16 @@ class Decoder:
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def _raw(self, h: torch.Tensor) -> torch.Tensor:
-        """The head's logits, nothing masked: (B, V)."""
-        return self.logits(h)
+        """The model's log-probabilities, nothing masked: (B, V) — logits to mask and draw from, and
+        the scores' terms as they are."""
+        logits = self.model.logits(h)
+        return logits if self.normalised else logits.log_softmax(-1)
 
     def _choose(self, raw, offset, p: GenerateParams, u, mask=None, fallback_offset=None, banned=None):
         """Next token per poem (:func:`.sampling.pick` from :meth:`_legal`'s logits); ``u``: (B, 1)
         uniform draws when sampling. Returns (tokens, which poems fell back to ``fallback_offset``)."""
         logits, empty = self._legal(raw, offset, mask, fallback_offset, banned)
-        return pick(logits, p, u)[0], empty
+        return pick(logits, p, u), empty
 
     @staticmethod
     def _legal(raw, offset, mask=None, fallback_offset=None, banned=None):
@@ -394,5 +398,5 @@ def _logits(raw, offset, mask=None, banned=None) -> torch.Tensor:
 
 
 def _logp(raw: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-    """log p(token) under the model, per row, from the raw (unmasked) logits."""
-    return raw.gather(1, token[:, None])[:, 0] - raw.logsumexp(-1)
+    """log p(token) under the model, per row, from the raw log-probabilities (:meth:`Decoder._raw`)."""
+    return raw.gather(1, token[:, None])[:, 0]

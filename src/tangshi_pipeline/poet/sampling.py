@@ -15,45 +15,66 @@ from tangshi_pipeline.poet.params import GenerateParams
 _M32 = 0xFFFFFFFF
 
 
-def pick(logits: torch.Tensor, p: GenerateParams, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def pick(logits: torch.Tensor, p: GenerateParams, u: torch.Tensor | None) -> torch.Tensor:
     """One token per row: greedy argmax, or a sample (temperature, then top-k, then top-p) with
-    ``u`` (B, 1) uniform draws; also each row's best logit (-inf: the row had nothing legal).
-    Sampling divides ``logits`` by the temperature in place."""
+    ``u`` (B, 1) uniform draws. Sampling divides ``logits`` by the temperature in place."""
     if p.strategy == "greedy":
-        best, token = logits.max(-1)
-        return token, best
+        return logits.argmax(-1)
     x = logits.div_(p.temperature)
     if not p.top_k and p.top_p >= 1.0:  # plain temperature sampling over everything
-        best = x.amax(-1)
-        return sample(torch.exp(x - best[:, None]), u), best
+        return sample(torch.exp(x - x.amax(-1, keepdim=True)), u)
     if not p.top_k:  # top-p alone
-        return nucleus(x, p.top_p, u), x.amax(-1)
+        return nucleus(x, p.top_p, u)
     vals, idx = x.topk(min(p.top_k, x.shape[-1]), dim=-1)
     probs = vals.softmax(-1)  # renormalised over the top-k, then top-p on that
     if p.top_p < 1.0:
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= p.top_p, 0.0)
-    return idx.gather(1, sample(probs, u)[:, None])[:, 0], vals[:, 0]
+    return idx.gather(1, sample(probs, u)[:, None])[:, 0]
+
+
+TOP = 64    # a row's nucleus is looked for among its top 64 tokens first
+TRIES = 4   # draws from a whole row before its nucleus is found by sorting it
 
 
 def nucleus(x: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
-    """Top-p sampling without sorting whole rows: the smallest set of tokens whose probability
-    reaches ``top_p`` is looked for among the top 64, then the top 1024, then the whole row."""
-    V = x.shape[-1]
+    """Top-p sampling without sorting whole rows; ``u``: (B, 1) uniform draws.
+
+    A row whose top 64 tokens reach ``top_p`` has its nucleus among them: one draw picks from it.
+    Any other row's nucleus holds its whole top 64 and more; its tokens are drawn from the whole row
+    (the top 64 first, then the rest in vocabulary order), and a token is kept if it is in the
+    nucleus — the tokens more probable than it hold less than ``top_p`` — else drawn again with the
+    row's next draw (:func:`again`): rejection sampling, so every token of the nucleus comes with its
+    probability renormalised over the nucleus. Most draws land in the top 64 and need nothing more; a
+    draw beyond it is kept with probability ≥ ``top_p``; a row rejected ``TRIES`` times (< 1 in 10⁴)
+    is sorted and drawn from."""
+    B, V = x.shape
     log_z = x.logsumexp(-1, keepdim=True)
-    token = torch.empty(len(x), dtype=torch.long, device=x.device)
-    todo = torch.arange(len(x), device=x.device)
-    for k in (64, 1024, V):
-        k = min(k, V)
-        rows = x if len(todo) == len(x) else x[todo]
-        vals, idx = rows.topk(k, dim=-1) if k < V else rows.sort(dim=-1, descending=True)
-        p = (vals - log_z[todo]).exp()
-        cum = p.cumsum(-1)
-        done = cum[:, -1] >= top_p if k < V else torch.ones(len(todo), dtype=torch.bool, device=x.device)
-        p = p.masked_fill(cum - p >= top_p, 0.0)[done]
-        token[todo[done]] = idx[done].gather(1, sample(p, u[todo[done]])[:, None])[:, 0]
-        todo = todo[~done]
+    vals, idx = x.topk(min(TOP, V), dim=-1)
+    p = (vals - log_z).exp()
+    cum = p.cumsum(-1)
+    mass = cum[:, -1]  # of the top 64
+    token = torch.empty(B, dtype=torch.long, device=x.device)
+    rows = (mass >= top_p).nonzero()[:, 0]  # the nucleus is within the top 64
+    q = p[rows].masked_fill(cum[rows] - p[rows] >= top_p, 0.0)
+    token[rows] = idx[rows].gather(1, sample(q, u[rows])[:, None])[:, 0]
+    todo = (mass < top_p).nonzero()[:, 0]
+    for a in range(TRIES):
         if not len(todo):
-            break
+            return token
+        v, m = (u[todo] if a == 0 else again(u[todo], a))[:, 0], mass[todo]
+        top, rest, w = todo[v < m], todo[v >= m], v[v >= m]
+        token[top] = idx[top].gather(1, sample(p[top], (v[v < m] / m[v < m])[:, None])[:, None])[:, 0]
+        q = (x[rest] - log_z[rest]).exp()
+        w = ((w - mass[rest]) / (1 - mass[rest])).clamp(max=1 - 2**-24)[:, None]
+        t = sample(q.scatter(1, idx[rest], 0.0), w)
+        kept = torch.where(q > q.gather(1, t[:, None]), q, 0.0).sum(-1) < top_p
+        token[rest[kept]] = t[kept]
+        todo = rest[~kept]
+    if len(todo):  # rejected every time: the nucleus of the sorted row
+        vals, idx = x[todo].sort(dim=-1, descending=True)
+        p = (vals - log_z[todo]).exp()
+        q = p.masked_fill(p.cumsum(-1) - p >= top_p, 0.0)
+        token[todo] = idx.gather(1, sample(q, again(u[todo], TRIES))[:, None])[:, 0]
     return token
 
 
@@ -99,3 +120,8 @@ def draws(key, poems: torch.Tensor, step: int) -> torch.Tensor:
     x = mix32((_mul32(poems.long(), 0x9E3779B1) + mix32(key ^ mix32(step))) & _M32)
     x = mix32(x ^ key)
     return ((x >> 8).float() / 2**24)[:, None]  # 24 bits: exact in float32, below 1
+
+
+def again(u: torch.Tensor, attempt: int) -> torch.Tensor:
+    """Another uniform draw for each of ``u``'s, the ``attempt``-th, hashed from its 24 bits."""
+    return (mix32((u * 2**24).long() ^ mix32(attempt)) >> 8).float() / 2**24
