@@ -223,3 +223,25 @@ def test_a_rank_hung_holding_the_gil_is_still_ended_after_its_launcher_dies():
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# An interrupted rank whose unwinding would free an object whose destructor hangs holding the GIL,
+# as freeing DDP's reducer after an interrupted all-reduce can (gloo's process-group destructor)
+INTERRUPTED_RANK = """
+import ctypes
+from tangshi_pipeline.poet.distributed import exit_when_interrupted
+class Reducer:
+    def __del__(self):
+        while True:
+            ctypes.PyDLL(None).pause()  # PyDLL: called holding the GIL
+def train():
+    reducer = Reducer()
+    raise KeyboardInterrupt  # the training saved its state and re-raised
+with exit_when_interrupted():
+    train()
+"""
+
+
+def test_an_interrupted_rank_exits_without_freeing_what_could_hang():
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_RANK], capture_output=True, timeout=60)
+    assert done.returncode == 130, done.stderr.decode()[-2000:]
