@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tangshi_pipeline.poet.constraints import FREE_LINE
+from tangshi_pipeline.poet.constraints import free_advance, free_head, free_rows, free_steps
 from tangshi_pipeline.poet.model import select_state
 from tangshi_pipeline.poet.params import GenerateParams
 from tangshi_pipeline.poet.vocab import END_ID, PAD_ID, START_ID
@@ -142,21 +142,15 @@ def free_search(decoder: Decoder, begins, acrostics, p: GenerateParams):
     d, dev = decoder, decoder.device
     beam = Beam(len(begins), p.beam_size, dev)
     n_lines = beam.expand(torch.tensor([len(a) if a else 0 for a in acrostics], device=dev))
-    width = max(1, int(n_lines.max()))
-    acro = n_lines > 0
-    steps = max(0 if bool(acro.all()) else p.max_length, int(n_lines.max()) * (FREE_LINE[1] + 1) + 1)
-    R = len(n_lines)
-    zeros = torch.zeros(R, dtype=torch.long, device=dev)
-    r = {"heads": beam.expand(d._heads(begins, acrostics, width)), "n_lines": n_lines, "acro": acro,
-         "line": zeros, "col": zeros, "length": zeros, "fallbacks": zeros,
-         "out": torch.full((R, steps), PAD_ID, dtype=torch.long, device=dev)}
+    steps, R = free_steps(n_lines, p.max_length), len(n_lines)
+    r = free_rows(beam.expand(d._heads(begins, acrostics, max(1, int(n_lines.max())))), n_lines)
+    r |= {"fallbacks": torch.zeros(R, dtype=torch.long, device=dev),
+          "out": torch.full((R, steps), PAD_ID, dtype=torch.long, device=dev)}
     finished = Finished(beam, steps)
     scores, token = beam.start_scores(), torch.full((R,), START_ID, dtype=torch.long, device=dev)
     state = d.initial_state(p.keywords, R)  # after the theme keywords, if any
     for t in range(steps):
-        head = r["heads"].gather(1, r["line"].clamp(max=width - 1)[:, None])[:, 0]
-        starting = torch.where(r["acro"], (r["col"] == 0) & (r["line"] < r["n_lines"]), r["length"] == 0)
-        force = starting & (head >= 0)
+        head, force = free_head(r)
         h, state = d.step(token, state)
         raw = d._raw(h)
         mask, banned = d._free_masks(r, r["out"][:, :t], p, force)
@@ -167,10 +161,7 @@ def free_search(decoder: Decoder, begins, acrostics, p: GenerateParams):
         r = {k: v[live] for k, v in r.items()}
         state = select_state(state, live)
         r["out"][:, t] = token
-        is_punct = d.masks.punct[token] & r["acro"]
-        r["length"] = r["length"] + 1
-        r["col"] = torch.where(is_punct, 0, r["col"] + 1)
-        r["line"] = r["line"] + is_punct.long()
+        free_advance(r, token, d.masks.punct)
         cut = (~r["acro"] & (r["length"] >= p.max_length)) | (t == steps - 1)  # the live ones finish as they are
         if bool(cut.any()):
             cut, every = cut.view(beam.B, beam.K), torch.arange(R, device=dev).view(beam.B, beam.K)

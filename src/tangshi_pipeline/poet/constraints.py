@@ -18,7 +18,10 @@
   verbatim in the training lines given to the decoder.
 
 A mask is a (V,) or (B, V) boolean tensor (True: allowed); a ban is (B, m) token ids (<pad> where
-none), which the decoder lifts before it gives up on a poem (see ``Decoder._choose``).
+none), which the decoder lifts before it gives up on a poem (see ``Decoder._choose``). Where a
+free poem stands (line, column, length: what its shape and forced heads depend on) is kept and
+advanced by :func:`free_rows`, :func:`free_head` and :func:`free_advance`, for greedy, sampled and
+beam decoding alike.
 """
 
 from __future__ import annotations
@@ -188,3 +191,38 @@ class Templates:
 def _tone_fits(tone: torch.Tensor, required: torch.Tensor) -> torch.Tensor:
     """tone codes (0 平, 1 仄, 2 either, 3 unknown) vs requirement codes (0 平, 1 仄, 3 free)."""
     return (required == 3) | (tone == 2) | (tone == required)
+
+
+# ------------------------------------------------------------------ where each free poem is
+
+
+def free_rows(heads: torch.Tensor, n_lines: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The position of each free poem, one entry per row: its forced line heads ``heads`` (B, width;
+    -1 where none), its acrostic's lines ``n_lines`` (0: not an acrostic), and its line, column and
+    length so far. Greedy/sampled decoding and beam search advance it the same way."""
+    zeros = torch.zeros(len(n_lines), dtype=torch.long, device=n_lines.device)
+    return {"heads": heads, "n_lines": n_lines, "acro": n_lines > 0, "line": zeros, "col": zeros, "length": zeros}
+
+
+def free_steps(n_lines: torch.Tensor, max_length: int) -> int:
+    """Steps a batch of free poems may take: ``max_length``, or what the longest acrostic needs
+    (``FREE_LINE[1]`` characters and a punctuation mark per line, then the end token), the larger."""
+    acrostics_only = bool((n_lines > 0).all())
+    return max(0 if acrostics_only else max_length, int(n_lines.max()) * (FREE_LINE[1] + 1) + 1)
+
+
+def free_head(rows: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the character forced at each poem's next step, -1 where none; whether one is forced): a
+    line's head at the start of an acrostic line, the begin character at the poem's start."""
+    r, width = rows, rows["heads"].shape[1]
+    head = r["heads"].gather(1, r["line"].clamp(max=width - 1)[:, None])[:, 0]
+    starting = torch.where(r["acro"], (r["col"] == 0) & (r["line"] < r["n_lines"]), r["length"] == 0)
+    return head, starting & (head >= 0)
+
+
+def free_advance(rows: dict[str, torch.Tensor], token: torch.Tensor, punct: torch.Tensor) -> None:
+    """Move each poem past ``token`` (``punct``: the (V,) punctuation mask; it ends an acrostic's line)."""
+    is_punct = punct[token] & rows["acro"]
+    rows["length"] = rows["length"] + 1
+    rows["col"] = torch.where(is_punct, 0, rows["col"] + 1)
+    rows["line"] = rows["line"] + is_punct.long()

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tangshi_pipeline.poet.beam import Beam, free_search, only, poems_per_beam
-from tangshi_pipeline.poet.constraints import FREE_LINE, Templates, VocabMasks
+from tangshi_pipeline.poet.constraints import Templates, VocabMasks, free_advance, free_head, free_rows, free_steps
 from tangshi_pipeline.poet.model import CharRNN, select_state
 from tangshi_pipeline.poet.params import GenerateParams
 from tangshi_pipeline.poet.prosody import COMMA, FORMS, PERIOD, Prosody
@@ -177,40 +177,33 @@ class Decoder:
         ``rows``, one entry per live poem: a finished poem drops out of the batch."""
         B, dev = len(begins), self.device
         n_lines = torch.tensor([len(a) if a else 0 for a in acrostics], device=dev)
-        width = max(1, int(n_lines.max()))
-        acro = n_lines > 0
-        steps = max(0 if bool(acro.all()) else p.max_length, int(n_lines.max()) * (FREE_LINE[1] + 1) + 1)
-        zeros = torch.zeros(B, dtype=torch.long, device=dev)
-        rows = {"id": torch.arange(B, device=dev), "heads": self._heads(begins, acrostics, width),
-                "n_lines": n_lines, "acro": acro, "line": zeros, "col": zeros, "length": zeros}
+        steps = free_steps(n_lines, p.max_length)
+        rows = {"id": torch.arange(B, device=dev),
+                **free_rows(self._heads(begins, acrostics, max(1, int(n_lines.max()))), n_lines)}
         out = torch.full((B, steps), PAD_ID, dtype=torch.long, device=dev)
         fallbacks = torch.zeros(B, dtype=torch.long, device=dev)
         logp, length = torch.zeros(B, device=dev), torch.zeros(B, device=dev)
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), self.initial_state(p.keywords, B)
         for t in range(steps):
             r = rows
-            head = r["heads"].gather(1, r["line"].clamp(max=width - 1)[:, None])[:, 0]
-            starting = torch.where(r["acro"], (r["col"] == 0) & (r["line"] < r["n_lines"]), r["length"] == 0)
-            force = starting & (head >= 0)
+            head, force = free_head(r)
             h, state = self.step(token, state)
             raw = self._raw(h)
             if bool(force.all()):
                 token = head
             else:
-                mask, banned = self._free_masks(r, out[r["id"], :t], p, force)
+                history = out[r["id"], :t]
+                mask, banned = self._free_masks(r, history, p, force)
                 u = draws(keys[0][r["id"]], keys[1][r["id"]], t) if p.strategy == "sample" else None
-                chosen, empty = self._choose(self.steer(raw, out[r["id"], :t]), self.off_free, p, u, mask,
-                                             self.off_free, banned)
+                chosen, empty = self._choose(self.steer(raw, history), self.off_free, p, u, mask, self.off_free,
+                                             banned)
                 fallbacks[r["id"][empty & ~force]] += 1
                 token = torch.where(force, head, chosen)
             scored = token != END_ID  # the end token is not a character of the poem
             logp[r["id"]] += _logp(raw, token) * scored
             length[r["id"]] += scored
             out[r["id"], t] = token
-            is_punct = self.masks.punct[token] & r["acro"]
-            r["length"] = r["length"] + 1
-            r["col"] = torch.where(is_punct, 0, r["col"] + 1)
-            r["line"] = r["line"] + is_punct.long()
+            free_advance(r, token, self.masks.punct)
             finished = (token == END_ID) | (~r["acro"] & (r["length"] >= p.max_length))
             if bool(finished.all()):
                 break
