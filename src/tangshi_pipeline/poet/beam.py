@@ -72,9 +72,15 @@ class Beam:
         return (k + torch.arange(self.B, device=self.device)[:, None] * self.K).flatten()
 
 
+def unit(p: GenerateParams) -> tuple[int, int]:
+    """(poems, decoder rows) of one unit of work: a beam writes ``num_samples`` poems from
+    ``beam_size`` rows; without beam search a poem is one row."""
+    return (p.num_samples, p.beam_size) if p.strategy == "beam" else (1, 1)
+
+
 def poems_per_beam(begins: list, acrostics: list, p: GenerateParams) -> int:
     """How many consecutive poems one beam writes: ``num_samples`` (checked), or 1 without beam search."""
-    n = p.num_samples if p.strategy == "beam" else 1
+    n = unit(p)[0]
     pairs = list(zip(begins, acrostics))
     if len(pairs) % n or any(pairs[k] != pairs[k - k % n] for k in range(len(pairs))):
         raise ValueError(f"beam search writes num_samples = {n} poems per begin character or acrostic: give "

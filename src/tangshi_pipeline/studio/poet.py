@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from tangshi_pipeline.pipelines.generate.nodes import GenerationError, _check_inputs, poem_heads
 from tangshi_pipeline.poet.artifact import Artifact
+from tangshi_pipeline.poet.beam import unit
 from tangshi_pipeline.poet.constraints import is_hanzi
 from tangshi_pipeline.poet.decoding import Decoder
 from tangshi_pipeline.poet.params import GenerateParams
@@ -82,8 +83,8 @@ class Request:
     @property
     def rows(self) -> int:
         """The decoder rows it takes: one per poem, or beam_size per beam (num_samples poems)."""
-        p = self.params
-        return len(self.begins) // p.num_samples * p.beam_size if p.strategy == "beam" else len(self.begins)
+        poems, rows = unit(self.params)
+        return len(self.begins) // poems * rows
 
 
 def line_sources(vectors: pd.DataFrame, clean_poems: pd.DataFrame, vocab: Vocab) -> dict[str, list[dict]]:
@@ -193,10 +194,10 @@ class Poet:
             acrostics += r.acrostics
             keys += [(r.params.seed, i) for i in range(len(r.begins))]
         p = requests[0].params
-        unit, rows = (p.num_samples, p.beam_size) if p.strategy == "beam" else (1, 1)  # poems, rows per beam
-        padding = next(k for k in range(ROWS) if (len(begins) // unit + k) * rows % ROWS == 0) * unit
-        poems = self.decoder.generate(begins + begins[:unit] * (padding // unit),
-                                      acrostics + acrostics[:unit] * (padding // unit), p,
+        per, rows = unit(p)  # poems and decoder rows per beam (1, 1 without beam search)
+        padding = next(k for k in range(ROWS) if (len(begins) // per + k) * rows % ROWS == 0) * per
+        poems = self.decoder.generate(begins + begins[:per] * (padding // per),
+                                      acrostics + acrostics[:per] * (padding // per), p,
                                       batch_size=len(begins) + padding, keys=keys + keys[:1] * padding)
         out, start = [], 0
         for r in requests:
