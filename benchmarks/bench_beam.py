@@ -17,7 +17,6 @@ and prosody tables (``--project``, default: this repository). Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,32 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import generate_params, write_results  # noqa: E402
+from common import generate_params, generation_inputs, write_results  # noqa: E402
 
 from tangshi_pipeline.poet.decoding import Decoder  # noqa: E402
-from tangshi_pipeline.poet.prosody import FORMS, Prosody, check  # noqa: E402
-from tangshi_pipeline.poet.vocab import Vocab  # noqa: E402
+from tangshi_pipeline.poet.prosody import FORMS, check  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGINS = list("日红山夜湖君月")
-
-
-def load(project: Path):
-    """(model, vocab, prosody, model version) of the project's latest model."""
-    from kedro.io import Version
-
-    from tangshi_pipeline.plumbing.datasets import ModelArtifact
-
-    read = lambda name: json.loads((project / "data/05_model_input" / name).read_text("utf-8"))  # noqa: E731
-    vocab = Vocab.from_json(read("vocab.json"))
-    dataset = ModelArtifact(str(project / "data/06_models/poet"), Version(None, None))
-    if not dataset.exists():
-        raise SystemExit(f"no trained model in {project}/data/06_models/poet: run `kedro run` there first")
-    artifact = dataset.load()
-    if artifact.vocab_fingerprint != vocab.fingerprint:
-        raise SystemExit(f"the latest model in {project} was not trained on its vocabulary")
-    version = sorted(p.name for p in (project / "data/06_models/poet").iterdir() if not p.name.startswith("."))[-1]
-    return artifact.model, vocab, Prosody.from_json(read("tone_lexicon.json"), read("rhyme_table.json")), version
 
 
 def measure(decoder: Decoder, begins: list[str], settings: dict, repeats: int) -> dict:
@@ -92,10 +72,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, vocab, prosody, version = load(args.project)
-    decoder = Decoder(model, vocab, prosody, args.device)
+    vocab, _, prosody, artifact = generation_inputs(project=args.project)
+    decoder = Decoder(artifact.model, vocab, prosody, args.device)
     begins = [BEGINS[i % len(BEGINS)] for i in range(args.poems)]
-    results = {"model": f"{args.project.name}: {version}", "device": args.device, "poems": args.poems,
+    results = {"model": f"{args.project.name}: {artifact.version}", "device": args.device, "poems": args.poems,
                "beam_size": args.beam, "threads": torch.get_num_threads(), "forms": {}}
     table = []
     for form in ["free", *FORMS]:

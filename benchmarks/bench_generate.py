@@ -42,7 +42,7 @@ def load_model(vocab: Vocab) -> tuple[CharRNN, str]:
     if dataset.exists():
         artifact = dataset.load()
         if artifact.vocab_fingerprint == vocab.fingerprint:
-            return artifact.model, f"latest saved model ({artifact.meta.get('training', {})})"
+            return artifact.model, f"latest saved model {artifact.version}"
     torch.manual_seed(0)
     return CharRNN(ModelConfig(len(vocab))).eval(), "untrained classic-size model"
 

@@ -59,10 +59,11 @@ def generate_params(**changes):
     return GenerateParams.model_validate({**shipped, **changes})
 
 
-def generation_inputs(model: Path | None = None):
-    """What the quality benchmarks decode with, from the project's data/ (run from the project root):
-    (vocab, vectors, prosody, model artifact — ``model``, a version folder, or the latest). Stops
-    with a message when the model was not trained on this vocabulary."""
+def generation_inputs(model: Path | None = None, project: Path = Path(".")):
+    """What the generation benchmarks decode with, from ``project``'s data/ (default: the current
+    folder, the project root): (vocab, vectors, prosody, model artifact — ``model``, a version
+    folder, or the latest; its ``version`` says which). Stops with a message when there is no
+    model or it was not trained on this vocabulary."""
     import pandas as pd
     from kedro.io import Version
 
@@ -71,13 +72,16 @@ def generation_inputs(model: Path | None = None):
     from tangshi_pipeline.poet.prosody import Prosody
     from tangshi_pipeline.poet.vocab import Vocab
 
-    data = Path("data/05_model_input")
+    data = project / "data/05_model_input"
     read = lambda name: json.loads((data / name).read_text("utf-8"))  # noqa: E731
     vocab = Vocab.from_json(read("vocab.json"))
     prosody = Prosody.from_json(read("tone_lexicon.json"), read("rhyme_table.json"))
-    artifact = load_artifact(model) if model else ModelArtifact("data/06_models/poet", Version(None, None)).load()
+    models = ModelArtifact(str(project / "data/06_models/poet"), Version(None, None))
+    if model is None and not models.exists():
+        raise SystemExit(f"no trained model in {project / 'data/06_models/poet'}: run `kedro run` first")
+    artifact = load_artifact(model) if model else models.load()
     if artifact.vocab_fingerprint != vocab.fingerprint:
-        raise SystemExit("the model was not trained on data/05_model_input/vocab.json: run "
+        raise SystemExit(f"the model was not trained on {data / 'vocab.json'}: run "
                          "`kedro run --pipelines=training`, or pass --model")
     return vocab, pd.read_parquet(data / "vectors.parquet"), prosody, artifact
 
