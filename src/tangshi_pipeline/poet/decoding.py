@@ -91,7 +91,6 @@ class Decoder:
         self.index = vocab.index
         self.step = self.model.stepper()
         self.masks = VocabMasks(vocab, prosody, training_lines, self.device)
-        self.boost: tuple[torch.Tensor, float] | None = None  # per generate call: (keyword ids, boost), see steer
         # the adaptive head's logits are log-probabilities already; the full head's are normalised
         self.normalised = model.config.head != "full"
 
@@ -128,7 +127,6 @@ class Decoder:
         n = poems_per_beam(begins, acrostics, p)
         begins, acrostics, seeds, ids = begins[::n], acrostics[::n], seeds[::n], ids[::n]  # a beam: n best at once
         run = self._form if p.form in FORMS else self._free_beam if p.strategy == "beam" else self._free
-        self.boost = self._keyword_boost(p)
         out = Poems([], [], [], [])
         with torch.inference_mode():
             for start in range(0, len(begins), batch_size):
@@ -184,6 +182,7 @@ class Decoder:
         fallbacks = torch.zeros(B, dtype=torch.long, device=dev)
         logp, length = torch.zeros(B, device=dev), torch.zeros(B, device=dev)
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), self.initial_state(p.keywords, B)
+        boost = self._keyword_boost(p)
         for t in range(steps):
             r = rows
             head, force = free_head(r)
@@ -195,8 +194,8 @@ class Decoder:
                 history = out[r["id"], :t]
                 mask, banned = self._free_masks(r, history, p, force)
                 u = draws(keys[0][r["id"]], keys[1][r["id"]], t) if p.strategy == "sample" else None
-                chosen, empty = self._choose(self.steer(raw, history), self.off_free, p, u, mask, self.off_free,
-                                             banned)
+                chosen, empty = self._choose(self.steer(raw, history, boost), self.off_free, p, u, mask,
+                                             self.off_free, banned)
                 fallbacks[r["id"][empty & ~force]] += 1
                 token = torch.where(force, head, chosen)
             scored = token != END_ID  # the end token is not a character of the poem
@@ -252,6 +251,7 @@ class Decoder:
         token, state = torch.full((B,), START_ID, dtype=torch.long, device=dev), self.initial_state(p.keywords, B)
         no_force = torch.zeros(B, dtype=torch.bool, device=dev)
         logp = beam.start_scores() if beam is not None else torch.zeros(B, device=dev)
+        boost = self._keyword_boost(p) if beam is None else None  # beam search is not steered
         for t in range(out.shape[1]):
             i, j = divmod(t, n_chars + 1)  # line, position in the line
             h, state = self.step(token, state)
@@ -264,8 +264,8 @@ class Decoder:
                     token = forced[:, i]
                 else:
                     offset, mask, banned = self._form_masks(out[:, :t], i, j, p, fit, force)
-                    choose_by = raw if beam is not None else self.steer(raw, out[:, :t])
-                    logits, empty = self._legal(choose_by, offset, mask, self.off_content, banned)
+                    steered = self.steer(raw, out[:, :t], boost)
+                    logits, empty = self._legal(steered, offset, mask, self.off_content, banned)
                     fallbacks += (empty & ~force).long()
                     if beam is None:
                         u = draws(*keys, t) if p.strategy == "sample" else None
@@ -316,17 +316,18 @@ class Decoder:
             return None
         return torch.tensor([self.index[c] for c in chars], device=self.device), p.keyword_boost
 
-    def steer(self, raw: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def steer(raw: torch.Tensor, history: torch.Tensor, boost: tuple[torch.Tensor, float] | None) -> torch.Tensor:
         """The logits a token is chosen by: ``raw``, plus ``keyword_boost`` on each theme character
         that the poem (``history``: its ids so far) has not written yet — a nudge toward the theme,
         gone once the character is in, so the theme is not repeated. A poem's score is always read
         off ``raw``, the model's own distribution. Beam search is not steered: it ranks by that
-        distribution alone."""
-        if self.boost is None:
+        distribution alone. ``boost``: :meth:`_keyword_boost`'s (ids, nats), or None (off)."""
+        if boost is None:
             return raw
-        ids, boost = self.boost
+        ids, nats = boost
         missing = ~(history[:, :, None] == ids).any(1)  # (B, k)
-        return raw.scatter_add(1, ids.expand(len(raw), -1), missing * boost)
+        return raw.scatter_add(1, ids.expand(len(raw), -1), missing * nats)
 
     def initial_state(self, keywords: list[str], batch: int):
         """The recurrent state each of ``batch`` poems starts from: after the theme ``keywords``
